@@ -1,0 +1,1 @@
+"""fleetlink edge agent."""

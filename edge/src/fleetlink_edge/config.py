@@ -1,0 +1,187 @@
+"""Agent settings: one typed model, read once from TOML plus FLEETLINK_EDGE_* environment.
+
+Source order (highest wins): init arguments, environment (``FLEETLINK_EDGE_UPLINK__HOST=...``,
+nested with ``__``), the TOML file, then the defaults below. Only ``app.py`` loads it; every
+component receives its own sub-model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from fleetlink_edge.errors import ConfigError
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceSettings(_Section):
+    id: Annotated[str, Field(pattern=DEVICE_ID_PATTERN)] = "veh-demo-001"
+
+
+class SerialGnssSettings(_Section):
+    port: str = "/dev/ttyACM0"
+    baudrate: Annotated[int, Field(gt=0)] = 9600
+    reopen_delay_s: Annotated[float, Field(gt=0)] = 1.0
+
+
+class GpsdSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 2947
+    reconnect_delay_s: Annotated[float, Field(gt=0)] = 1.0
+
+
+class GnssSettings(_Section):
+    source: Literal["serial", "gpsd", "none"] = "gpsd"
+    serial: SerialGnssSettings = SerialGnssSettings()
+    gpsd: GpsdSettings = GpsdSettings()
+
+
+class ObdSettings(_Section):
+    enabled: bool = False
+    request_id: Annotated[int, Field(ge=0, le=0x7FF)] = 0x7DF  # J1979 functional address
+    poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    # J1979 mode 01 PIDs to poll; unsupported ones are dropped after discovery.
+    pids: list[Annotated[int, Field(ge=0, le=0xFF)]] = [
+        0x04, 0x05, 0x0C, 0x0D, 0x11, 0x1F, 0x21, 0x2F, 0xA6,
+    ]
+    dtc_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    response_timeout_s: Annotated[float, Field(gt=0)] = 0.2
+
+
+class J1939Settings(_Section):
+    enabled: bool = False
+
+
+class DbcSettings(_Section):
+    file: Path
+    # "MESSAGE.SIGNAL" -> catalog (VSS) path.
+    signals: dict[str, str]
+
+
+class CanSettings(_Section):
+    enabled: bool = False
+    interface: Literal["socketcan", "virtual"] = "socketcan"
+    channel: str = "can0"
+    bitrate: Annotated[int, Field(gt=0)] = 500_000
+    queue_size: Annotated[int, Field(gt=0)] = 4096
+    obd: ObdSettings = ObdSettings()
+    j1939: J1939Settings = J1939Settings()
+    dbc: list[DbcSettings] = []
+
+
+class SamplingSettings(_Section):
+    position_interval_s: Annotated[float, Field(ge=0)] = 1.0
+    signal_interval_s: Annotated[float, Field(ge=0)] = 1.0
+    signal_max_silence_s: Annotated[float, Field(gt=0)] = 60.0
+
+
+class OutboxSettings(_Section):
+    path: Path = Path("/var/lib/fleetlink-edge/outbox.sqlite3")
+    max_bytes: Annotated[int, Field(ge=1 << 20)] = 256 << 20
+
+
+class TlsSettings(_Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
+class UplinkSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: TlsSettings | None = None
+    protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    keepalive_s: Annotated[int, Field(ge=5)] = 30
+    session_expiry_s: Annotated[int, Field(ge=0)] = 7 * 24 * 3600
+    topic_prefix: str = "fleet"
+    batch_max_records: Annotated[int, Field(gt=0)] = 200
+    batch_max_delay_s: Annotated[float, Field(ge=0)] = 1.0
+    max_inflight_batches: Annotated[int, Field(gt=0)] = 4
+    backoff_initial_s: Annotated[float, Field(gt=0)] = 0.5
+    backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_wildcards(cls, v: str) -> str:
+        if not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("topic_prefix must be a plain MQTT topic level without wildcards")
+        return v
+
+
+class HealthSettings(_Section):
+    interval_s: Annotated[float, Field(gt=0)] = 60.0
+    watchdog: bool = True
+
+
+class EdgeSettings(BaseSettings):
+    """Everything the agent reads at start; see firmware-config/agent.toml for an example."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLEETLINK_EDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    toml_file: ClassVar[Path | None] = None
+
+    device: DeviceSettings = DeviceSettings()
+    gnss: GnssSettings = GnssSettings()
+    can: CanSettings = CanSettings()
+    sampling: SamplingSettings = SamplingSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    uplink: UplinkSettings = UplinkSettings()
+    health: HealthSettings = HealthSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_file))
+        return tuple(sources)
+
+
+def load_settings(path: Path | None, **overrides: Any) -> EdgeSettings:
+    """Read and validate settings; raise ConfigError with every problem listed."""
+    from pydantic import ValidationError
+
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+
+    class _FromFile(EdgeSettings):
+        toml_file = path
+
+    try:
+        settings = _FromFile(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration ({path or 'defaults'}): {problems}") from exc
+    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
+    return EdgeSettings.model_validate(settings.model_dump())

@@ -1,0 +1,1 @@
+"""Pure decoders: bytes or frames in, typed values out. No I/O."""

@@ -1,0 +1,1 @@
+"""Data sources: one module per kind of hardware or feed."""

@@ -1,0 +1,1 @@
+"""fleetlink wire protocol v1 and vehicle-data tables: pure code, no I/O."""
