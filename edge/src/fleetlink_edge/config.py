@@ -55,7 +55,15 @@ class ObdSettings(_Section):
     poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
     # J1979 mode 01 PIDs to poll; unsupported ones are dropped after discovery.
     pids: list[Annotated[int, Field(ge=0, le=0xFF)]] = [
-        0x04, 0x05, 0x0C, 0x0D, 0x11, 0x1F, 0x21, 0x2F, 0xA6,
+        0x04,
+        0x05,
+        0x0C,
+        0x0D,
+        0x11,
+        0x1F,
+        0x21,
+        0x2F,
+        0xA6,
     ]
     dtc_interval_s: Annotated[float, Field(gt=0)] = 60.0
     response_timeout_s: Annotated[float, Field(gt=0)] = 0.2
@@ -63,12 +71,27 @@ class ObdSettings(_Section):
 
 class J1939Settings(_Section):
     enabled: bool = False
+    # J1939-21 5.10.2.4: T1 = 750 ms between TP.DT packets, T2 = 1250 ms after a CTS.
+    session_timeout_s: Annotated[float, Field(gt=0)] = 0.75
+    # Concurrent transport sessions (one per sender and kind); more are rejected and counted.
+    max_sessions: Annotated[int, Field(gt=0, le=1024)] = 32
 
 
 class DbcSettings(_Section):
     file: Path
     # "MESSAGE.SIGNAL" -> catalog (VSS) path.
     signals: dict[str, str]
+    # "exact": 11/29-bit id lookup; "pgn": J1939 PGN match whatever the priority and source
+    # address; "auto": "pgn" for extended ids of a DBC that declares ProtocolType J1939.
+    match: Literal["auto", "exact", "pgn"] = "auto"
+
+
+class CanFilterSettings(_Section):
+    """A kernel/hardware acceptance filter: passes when ``id & mask == can_id & mask``."""
+
+    can_id: Annotated[int, Field(ge=0, le=0x1FFFFFFF)]
+    can_mask: Annotated[int, Field(ge=0, le=0x1FFFFFFF)]
+    extended: bool | None = None
 
 
 class CanSettings(_Section):
@@ -77,6 +100,11 @@ class CanSettings(_Section):
     channel: str = "can0"
     bitrate: Annotated[int, Field(gt=0)] = 500_000
     queue_size: Annotated[int, Field(gt=0)] = 4096
+    # Empty: receive everything. Applied in the kernel on socketcan.
+    filters: list[CanFilterSettings] = []
+    # The receive thread's poll interval: bounds how long closing the port waits.
+    receive_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.1
+    send_timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.1
     obd: ObdSettings = ObdSettings()
     j1939: J1939Settings = J1939Settings()
     dbc: list[DbcSettings] = []
@@ -86,6 +114,7 @@ class SamplingSettings(_Section):
     position_interval_s: Annotated[float, Field(ge=0)] = 1.0
     signal_interval_s: Annotated[float, Field(ge=0)] = 1.0
     signal_max_silence_s: Annotated[float, Field(gt=0)] = 60.0
+    dtc_clear_after_s: Annotated[float, Field(gt=0)] = 30.0
 
 
 class OutboxSettings(_Section):

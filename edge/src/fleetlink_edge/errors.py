@@ -1,14 +1,14 @@
 """The agent's error tree. Library errors are translated to these at the module that owns them.
 
-    EdgeError
-    ├── ConfigError          invalid or unreadable configuration
-    ├── SourceError          a data source failed (device gone, gpsd unreachable)
-    │   └── SourceClosed     the source ended (end of a replay file, clean shutdown)
-    ├── DecodeError          bytes from a source could not be decoded (counted, never fatal)
-    ├── OutboxError          the local store failed (disk full, corrupt file)
-    └── UplinkError          the MQTT link failed
-        ├── BrokerRefused    the broker refused the connection (bad credentials, not authorised)
-        └── PublishRejected  the broker refused a publish (ACL denial reported in PUBACK)
+EdgeError
+├── ConfigError          invalid or unreadable configuration
+├── SourceError          a data source failed (device gone, gpsd unreachable)
+│   └── SourceClosed     the source ended (end of a replay file, clean shutdown)
+├── DecodeError          bytes from a source could not be decoded (counted, never fatal)
+├── OutboxError          the local store failed (disk full, corrupt file)
+└── UplinkError          the MQTT link failed
+    ├── BrokerRefused    the broker refused the connection (bad credentials, not authorised)
+    └── PublishRejected  the broker refused a publish (ACL denial reported in PUBACK)
 """
 
 from __future__ import annotations
