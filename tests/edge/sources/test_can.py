@@ -1,0 +1,195 @@
+"""CanPort over python-can's in-process virtual bus, fed with real captured traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import can
+import pytest
+
+from fleetlink_edge.config import CanFilterSettings, CanSettings
+from fleetlink_edge.errors import SourceClosed, SourceError
+from fleetlink_edge.frames import CanFrame
+from fleetlink_edge.sources.can import CanPort
+from fleetlink_edge.sources.replay import read_log
+
+J1939_IDLE = "can/j1939/css_matlab-basics_11111111_00000012_00000001.candump.log"
+_channels = itertools.count()
+
+
+@pytest.fixture
+def channel() -> str:
+    return f"test-can-port-{next(_channels)}"
+
+
+@pytest.fixture
+def tx_bus(channel: str) -> Iterator[can.BusABC]:
+    # preserve_timestamps: the receiver sees the log's own times, as on a replayed drive.
+    bus = can.Bus(interface="virtual", channel=channel, preserve_timestamps=True)
+    yield bus
+    bus.shutdown()
+
+
+def _settings(channel: str, **kw: object) -> CanSettings:
+    return CanSettings.model_validate({"interface": "virtual", "channel": channel, **kw})
+
+
+def _message(frame: CanFrame) -> can.Message:
+    return can.Message(
+        timestamp=frame.ts_wall_ns / 1e9,
+        arbitration_id=frame.arbitration_id,
+        data=frame.data,
+        is_extended_id=frame.is_extended,
+        is_error_frame=frame.is_error,
+        is_remote_frame=frame.is_remote,
+    )
+
+
+async def _wait_for(port: CanPort, key: str, value: int) -> None:
+    """Wait (bounded) until the Notifier thread has handed ``value`` frames to the loop."""
+    for _ in range(1000):
+        if port.counters[key] >= value:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"{key} reached only {port.counters[key]} of {value}")
+
+
+async def test_tiny_queue_drops_newest_and_counts_exactly(
+    shared_data: Path, channel: str, tx_bus: can.BusABC
+) -> None:
+    frames = list(itertools.islice(read_log(shared_data / J1939_IDLE), 2000))
+    async with CanPort(_settings(channel)) as port:
+        tiny = port.listen(maxsize=5)
+        roomy = port.listen(maxsize=4096)
+        for f in frames:
+            tx_bus.send(_message(f))
+        await _wait_for(port, "frames", 2000)
+        assert tiny.dropped == 1995
+        assert roomy.dropped == 0
+        assert port.counters["dropped"] == 1995
+        # The oldest five survive: newest-dropped keeps the queue's order intact.
+        kept = [await tiny.get() for _ in range(5)]
+        assert [k.data for k in kept] == [f.data for f in frames[:5]]
+        assert tiny.get_nowait() is None
+        assert len(roomy) == 2000
+
+
+async def test_error_and_remote_frames_are_counted(channel: str, tx_bus: can.BusABC) -> None:
+    async with CanPort(_settings(channel)) as port:
+        q = port.listen(maxsize=10)
+        tx_bus.send(can.Message(arbitration_id=0x20000080, is_error_frame=True, data=b"\0" * 8))
+        tx_bus.send(
+            can.Message(arbitration_id=0x7DF, is_extended_id=False, is_remote_frame=True, dlc=8)
+        )
+        tx_bus.send(
+            can.Message(arbitration_id=0x7E8, is_extended_id=False, data=b"\x02\x41\x0d\x32")
+        )
+        await _wait_for(port, "frames", 2)
+        assert port.counters["error_frames"] == 1
+        assert port.counters["remote_frames"] == 1
+        remote, data = await q.get(), await q.get()
+    assert remote.is_remote
+    assert remote.arbitration_id == 0x7DF
+    assert data.data == b"\x02\x41\x0d\x32"
+    assert not data.is_extended
+    assert len(q) == 0
+
+
+async def test_accept_predicate_and_bus_filters(channel: str, tx_bus: can.BusABC) -> None:
+    # Only 0x7E8-0x7EF pass the bus filter; the queue further keeps 0x7E8 alone.
+    flt = CanFilterSettings(can_id=0x7E8, can_mask=0x7F8, extended=False)
+    async with CanPort(_settings(channel, filters=[flt])) as port:
+        q = port.listen(maxsize=10, accept=lambda f: f.arbitration_id == 0x7E8)
+        everything = port.listen(maxsize=10)
+        for can_id in (0x7E0, 0x7E8, 0x7E9, 0x123, 0x7E8):
+            tx_bus.send(can.Message(arbitration_id=can_id, is_extended_id=False, data=b"\x01"))
+        await _wait_for(port, "frames", 3)
+        await asyncio.sleep(0.05)
+        assert port.counters["frames"] == 3
+        assert len(q) == 2
+        assert [(await everything.get()).arbitration_id for _ in range(3)] == [
+            0x7E8,
+            0x7E9,
+            0x7E8,
+        ]
+
+
+async def test_send_reaches_peer_and_failures_are_counted(channel: str) -> None:
+    peer = can.Bus(interface="virtual", channel=channel, rx_queue_size=1)
+    try:
+        async with CanPort(_settings(channel, send_timeout_s=0.01)) as port:
+            await port.send(0x7DF, b"\x02\x01\x0c\x00\x00\x00\x00\x00")
+            # The peer's one-frame queue is now full: the bus refuses, the port says why.
+            with pytest.raises(SourceError, match="send 0x18ea00f9 failed"):
+                await port.send(0x18EA00F9, b"\xec\xfe\x00", is_extended=True)
+            assert port.counters["sent"] == 1
+            assert port.counters["send_errors"] == 1
+            with pytest.raises(ValueError, match="out of range"):
+                await port.send(0x800, b"")
+            with pytest.raises(ValueError, match="longer than 8"):
+                await port.send(0x7DF, bytes(9))
+        got = peer.recv(timeout=1)
+        assert got is not None
+        assert got.arbitration_id == 0x7DF
+        assert bytes(got.data) == b"\x02\x01\x0c\x00\x00\x00\x00\x00"
+    finally:
+        peer.shutdown()
+
+
+async def test_closing_ends_queues_after_draining(channel: str, tx_bus: can.BusABC) -> None:
+    async with CanPort(_settings(channel)) as port:
+        q = port.listen(maxsize=10)
+        tx_bus.send(can.Message(arbitration_id=0x100, data=b"\x01"))
+        await _wait_for(port, "frames", 1)
+        waiter = asyncio.create_task(port.listen(maxsize=1).get())
+        await asyncio.sleep(0)
+    assert (await q.get()).arbitration_id == 0x100
+    with pytest.raises(SourceClosed):
+        await q.get()
+    with pytest.raises(SourceClosed):
+        await waiter  # a consumer blocked in get() is woken, not left hanging
+    with pytest.raises(SourceClosed):
+        await port.listen(maxsize=1).get()
+    with pytest.raises(SourceClosed):
+        await port.send(0x100, b"")
+
+
+async def test_closed_queue_unsubscribes_and_keeps_its_drops(
+    channel: str, tx_bus: can.BusABC
+) -> None:
+    async with CanPort(_settings(channel)) as port:
+        q = port.listen(maxsize=1)
+        for i in range(3):
+            tx_bus.send(can.Message(arbitration_id=0x100 + i, data=b""))
+        await _wait_for(port, "frames", 3)
+        q.close()
+        assert q.closed
+        assert q not in port.queues
+        tx_bus.send(can.Message(arbitration_id=0x200, data=b""))
+        await _wait_for(port, "frames", 4)
+        assert port.counters["dropped"] == 2
+        assert (await q.get()).arbitration_id == 0x100
+        with pytest.raises(SourceClosed):
+            await q.get()
+
+
+async def test_injected_bus_stays_open_for_its_owner(channel: str) -> None:
+    bus = can.Bus(interface="virtual", channel=channel)
+    try:
+        async with CanPort(_settings(channel), bus=bus):
+            pass
+        async with CanPort(_settings(channel), bus=bus) as again:  # reusable: not shut down
+            assert again.counters["frames"] == 0
+    finally:
+        bus.shutdown()
+
+
+async def test_unavailable_interface_is_a_source_error() -> None:
+    # No SocketCAN on build machines (and no can99 anywhere): a clear SourceError.
+    settings = CanSettings(interface="socketcan", channel="can99")
+    with pytest.raises(SourceError, match="cannot open CAN socketcan can99"):
+        async with CanPort(settings):
+            pass
