@@ -1,0 +1,192 @@
+"""Round trips, quantisation, compatibility rules and rejections of the v1 codec."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from fleetlink_protocols import codec
+from fleetlink_protocols.catalog import AliasTable
+from fleetlink_protocols.codec import Batch, decode_batch, decode_record, encode_batch, quantize
+from fleetlink_protocols.errors import (
+    InvalidDeviceId,
+    InvalidValue,
+    MalformedPayload,
+    PayloadTooLarge,
+    UnsupportedVersion,
+)
+from fleetlink_protocols.limits import MAX_BATCH_ENTRIES, MAX_PAYLOAD_BYTES
+from fleetlink_protocols.records import (
+    Dtc,
+    DtcSource,
+    Entry,
+    Event,
+    FixMode,
+    Health,
+    Position,
+    Record,
+    SignalValue,
+)
+
+T0 = 1_717_243_200_123_456_789
+
+RECORDS: tuple[Record, ...] = (
+    Position(T0, 52.5200083, 13.4049541, FixMode.FIX_3D, 34.56, 13.417, 72.123, 0.87, 11),
+    Position(T0 + 10**9, -33.8688197, 151.2092955),
+    Position(T0 + 2 * 10**9, 0.0, -0.0000001, FixMode.FIX_2D, speed_mps=0.0, heading_deg=359.999),
+    SignalValue(T0, "Vehicle.Speed", 48.25),
+    SignalValue(T0, "Vehicle.Powertrain.CombustionEngine.Speed", 1650),
+    SignalValue(T0, "Vehicle.VehicleIdentification.VIN", "WVWZZZ1JZXW000001"),
+    SignalValue(T0, "Vehicle.Chassis.ParkingBrake.IsEngaged", True),
+    SignalValue(T0, "Acme.Body.DoorCount", 4),
+    Dtc(T0, DtcSource.OBD, "P0301", ecu=0x7E8),
+    Dtc(T0, DtcSource.J1939, "110-16", 0, False, spn=110, fmi=16, occurrences=3, lamps=4),
+    Event(T0, "harsh_braking", {"decel_mps2": -5.5, "speed_kmh": 62, "confirmed": True, "z": "x"}),
+    Event(T0, "ignition_on"),
+    Health(T0, {"can_frames": 123456, "nmea_rejected": 2, "outbox_evicted": 0}),
+    Health(T0),
+)
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
+def test_record_round_trip_equals_quantized(record: Record) -> None:
+    assert decode_record(codec.encode_record(record)) == quantize(record)
+
+
+def test_quantize_rounds_timestamps_to_ms_and_position_fields_to_wire_units() -> None:
+    q = quantize(RECORDS[0])
+    assert isinstance(q, Position)
+    assert q.ts_wall_ns == 1_717_243_200_123_000_000
+    assert (q.lat_deg, q.lon_deg) == (52.5200083, 13.4049541)
+    assert (q.alt_msl_m, q.speed_mps, q.heading_deg, q.hdop) == (34.6, 13.42, 72.12, 0.87)
+    wrapped = quantize(RECORDS[2])
+    assert isinstance(wrapped, Position)
+    assert wrapped.heading_deg == 0.0
+
+
+def test_batch_round_trip_with_gaps_and_mixed_records() -> None:
+    entries = tuple(Entry(100 + 3 * i, r) for i, r in enumerate(RECORDS))
+    batch = Batch("veh-001", 2**62 + 5, entries)
+    decoded = decode_batch(encode_batch(batch))
+    assert decoded.rejected == ()
+    expected = tuple(Entry(e.seq, quantize(e.record)) for e in entries)
+    assert decoded.batch == Batch("veh-001", 2**62 + 5, expected)
+
+
+def test_position_batch_is_compact() -> None:
+    # Teltonika Codec 8 spends at least 45 bytes on one AVL record.
+    assert codec.bytes_per_position_example() < 30
+
+
+def test_extras_travel_as_aliases_and_need_the_same_table() -> None:
+    table = AliasTable({"Acme.Body.DoorCount": 1024})
+    batch = Batch("veh-001", 1, (Entry(0, SignalValue(T0, "Acme.Body.DoorCount", 4)),))
+    payload = encode_batch(batch, table)
+    assert b"Acme" not in payload
+    assert decode_batch(payload, table).batch.entries[0].record == quantize(batch.entries[0].record)
+    other = decode_batch(payload, AliasTable({"Acme.Body.DoorCount": 1025}))
+    assert other.batch.entries == ()
+    assert [r.kind for r in other.rejected] == ["UnknownSignalAlias"]
+    inline = encode_batch(batch)  # catalog only: the path travels inline
+    assert b"Acme.Body.DoorCount" in inline
+    assert decode_batch(inline).batch.entries[0].record == quantize(batch.entries[0].record)
+
+
+def _envelope(payload: bytes) -> list[object]:
+    top = msgpack.unpackb(payload)
+    assert isinstance(top, list)
+    return top
+
+
+def test_unknown_record_type_is_rejected_with_reason_and_rest_decodes() -> None:
+    batch = Batch("veh-001", 7, tuple(Entry(10 + i, r) for i, r in enumerate(RECORDS[:3])))
+    top = _envelope(encode_batch(batch))
+    rows = top[7]
+    assert isinstance(rows, list)
+    rows.insert(1, [99, 1, 500, "future", {"x": 1}])  # a type from a later version
+    rows[2][1] = 1  # the following entries move up one seq: 11 -> 12, 12 -> 13
+    rows[2][2] -= 500  # and keep their timestamps
+    top[4] = 13
+    rows[3][1] = 1
+    decoded = decode_batch(msgpack.packb(top))
+    assert [e.seq for e in decoded.batch.entries] == [10, 12, 13]
+    assert [(r.seq, r.kind) for r in decoded.rejected] == [(11, "UnknownRecordType")]
+    assert "99" in decoded.rejected[0].reason
+    assert decoded.batch.entries[1].record == quantize(RECORDS[1])
+
+
+def test_unknown_trailing_fields_are_ignored() -> None:
+    batch = Batch("veh-001", 7, (Entry(5, RECORDS[0]), Entry(6, RECORDS[3])))
+    top = _envelope(encode_batch(batch))
+    rows = top[7]
+    assert isinstance(rows, list)
+    for row in rows:
+        row.append("added in v1.1")
+    top.append({"future": True})
+    decoded = decode_batch(msgpack.packb(top))
+    assert decoded.rejected == ()
+    assert [e.record for e in decoded.batch.entries] == [quantize(RECORDS[0]), quantize(RECORDS[3])]
+
+
+def test_higher_major_version_is_rejected() -> None:
+    top = _envelope(encode_batch(Batch("veh-001", 7, (Entry(5, RECORDS[3]),))))
+    top[0] = 2
+    with pytest.raises(UnsupportedVersion):
+        decode_batch(msgpack.packb(top))
+    with pytest.raises(UnsupportedVersion):
+        decode_batch(msgpack.packb([2, {"a": "whole new layout"}]))
+
+
+def test_out_of_range_value_rejects_only_that_entry() -> None:
+    batch = Batch("veh-001", 7, tuple(Entry(i, r) for i, r in enumerate(RECORDS[:3])))
+    top = _envelope(encode_batch(batch))
+    rows = top[7]
+    assert isinstance(rows, list)
+    rows[0][3] += 50 * 10**7  # first latitude beyond 90 degrees
+    rows[1][3] -= 50 * 10**7  # keep the second position where it was
+    decoded = decode_batch(msgpack.packb(top))
+    assert [(r.seq, r.kind) for r in decoded.rejected] == [(0, "InvalidValue")]
+    assert [e.record for e in decoded.batch.entries] == [quantize(r) for r in RECORDS[1:3]]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",
+        b"\x92\x01",
+        msgpack.packb({"v": 1}),
+        msgpack.packb([1, "veh", 1, 0, 0, 0, 0, []]),
+    ],
+)
+def test_malformed_batches_raise_malformed(payload: bytes) -> None:
+    with pytest.raises(MalformedPayload):
+        decode_batch(payload)
+
+
+def test_encode_refuses_invalid_batches() -> None:
+    with pytest.raises(InvalidDeviceId):
+        encode_batch(Batch("veh/001", 1, (Entry(0, RECORDS[3]),)))
+    with pytest.raises(InvalidValue):
+        encode_batch(Batch("veh-001", 1, ()))
+    with pytest.raises(InvalidValue):
+        encode_batch(Batch("veh-001", 1, (Entry(5, RECORDS[3]), Entry(5, RECORDS[4]))))
+    with pytest.raises(InvalidValue):
+        encode_batch(Batch("veh-001", 2**63, (Entry(0, RECORDS[3]),)))
+    with pytest.raises(InvalidValue):
+        codec.encode_record(SignalValue(T0, "Vehicle.Speed", float("nan")))
+    with pytest.raises(InvalidValue):
+        codec.encode_record(Position(T0, 91.0, 0.0))
+
+
+def test_size_limits_are_enforced_both_ways() -> None:
+    many = tuple(Entry(i, RECORDS[3]) for i in range(MAX_BATCH_ENTRIES + 1))
+    with pytest.raises(PayloadTooLarge):
+        encode_batch(Batch("veh-001", 1, many))
+    with pytest.raises(PayloadTooLarge):
+        codec.encode_record(Event(T0, "x", {f"k{i}": i for i in range(100)}))
+    with pytest.raises(PayloadTooLarge):
+        decode_batch(b"\x00" * (MAX_PAYLOAD_BYTES + 1))
+    long_vin = SignalValue(T0, "Vehicle.VehicleIdentification.VIN", "x" * 10_000)
+    with pytest.raises(PayloadTooLarge):
+        codec.encode_record(long_vin)
