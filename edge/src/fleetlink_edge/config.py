@@ -120,6 +120,9 @@ class SamplingSettings(_Section):
 class OutboxSettings(_Section):
     path: Path = Path("/var/lib/fleetlink-edge/outbox.sqlite3")
     max_bytes: Annotated[int, Field(ge=1 << 20)] = 256 << 20
+    # A file that fails its integrity check: rename it to <name>.corrupt-<UTC time> and start
+    # empty (logged at CRITICAL, counted as corrupt_recovered), or refuse to start.
+    on_corrupt: Literal["move_aside", "fail"] = "move_aside"
 
 
 class TlsSettings(_Section):
