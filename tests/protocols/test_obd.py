@@ -6,10 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleetlink_protocols.catalog import BY_PATH
 from fleetlink_protocols.obd import (
     GENERIC_DTC_DESCRIPTIONS,
-    PATH_DTC_COUNT,
-    PATH_MIL_ON,
     PIDS,
     MonitorStatus,
     NegativeResponse,
@@ -56,22 +55,25 @@ from fleetlink_protocols.obd import (
 )
 def test_mode01_vectors(hex_data: str, path: str, value: float) -> None:
     data = bytes.fromhex(hex_data)
-    assert decode_pid(data[0], data[1:]) == [(path, pytest.approx(value))]
+    assert decode_pid(data[0], data[1:]) == (path, pytest.approx(value))
 
 
-def test_pid_table_matches_catalog_units() -> None:
-    assert {spec.path: spec.unit for spec in PIDS.values()} == {
-        "Vehicle.OBD.EngineLoad": "percent",
-        "Vehicle.OBD.CoolantTemperature": "celsius",
-        "Vehicle.OBD.EngineSpeed": "rpm",
-        "Vehicle.OBD.Speed": "km/h",
-        "Vehicle.OBD.ThrottlePosition": "percent",
-        "Vehicle.OBD.RunTime": "s",
-        "Vehicle.OBD.DistanceWithMIL": "km",
-        "Vehicle.OBD.FuelLevel": "percent",
-        "Vehicle.OBD.FuelRate": "l/h",
-        "Vehicle.TraveledDistance": "km",
+def test_pid_table_uses_catalog_paths() -> None:
+    assert {spec.path for spec in PIDS.values()} == {
+        "Vehicle.OBD.EngineLoad",
+        "Vehicle.OBD.CoolantTemperature",
+        "Vehicle.OBD.EngineSpeed",
+        "Vehicle.OBD.Speed",
+        "Vehicle.OBD.ThrottlePosition",
+        "Vehicle.OBD.RunTime",
+        "Vehicle.OBD.DistanceWithMIL",
+        "Vehicle.OBD.FuelLevel",
+        "Vehicle.OBD.FuelRate",
+        "Vehicle.TraveledDistance",
     }
+    assert all(spec.path in BY_PATH for spec in PIDS.values())
+    assert PIDS[0x0C].unit == "rpm"
+    assert PIDS[0x0D].unit == "km/h"
 
 
 @pytest.mark.parametrize("pid", sorted(PIDS))
@@ -102,10 +104,8 @@ def test_monitor_status() -> None:
     status = decode_monitor_status(bytes.fromhex("83076504"))
     assert status == MonitorStatus(mil_on=True, dtc_count=3, readiness=bytes.fromhex("076504"))
     assert encode_monitor_status(status) == bytes.fromhex("83076504")
-    assert decode_pid(0x01, bytes.fromhex("00000000")) == [
-        (PATH_MIL_ON, False),
-        (PATH_DTC_COUNT, 0),
-    ]
+    with pytest.raises(ObdDecodeError):
+        decode_pid(0x01, bytes(4))  # a status, not a catalog signal
 
 
 def test_supported_pid_bitmap() -> None:

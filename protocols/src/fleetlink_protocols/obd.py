@@ -2,7 +2,7 @@
 
 Pure code. Decoders take the bytes of one reassembled ISO-TP payload and raise ObdDecodeError;
 encoders build the same bytes, so the simulated ECU and the tests share one table with the
-poller. Units follow the signal catalog: km/h, rpm, celsius, percent, s, km, l/h.
+poller. Values are in the units the signal catalog gives for each path.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fleetlink_protocols.records import SignalScalar
+from fleetlink_protocols.catalog import BY_PATH
 
 # Service identifiers (SAE J1979 section 6; a positive response adds 0x40 to the request SID).
 SERVICE_CURRENT_DATA = 0x01
@@ -28,8 +28,6 @@ PID_MONITOR_STATUS = 0x01  # J1979 PID 01: MIL status, DTC count, readiness
 INFOTYPE_SUPPORTED = 0x00  # J1979 service 09 InfoType 00: supported InfoTypes 01-20
 INFOTYPE_VIN = 0x02  # J1979 service 09 InfoType 02: VIN, 17 ASCII characters
 
-PATH_MIL_ON = "Vehicle.OBD.Status.IsMILOn"
-PATH_DTC_COUNT = "Vehicle.OBD.Status.DTCCount"
 PATH_VIN = "Vehicle.VehicleIdentification.VIN"
 
 
@@ -44,10 +42,14 @@ class PidSpec:
     pid: int
     name: str
     path: str
-    unit: str
     length: int
     scale: float = 1.0
     offset: float = 0.0
+
+    @property
+    def unit(self) -> str | None:
+        """The catalog's unit for ``path`` (one source of truth for units)."""
+        return BY_PATH[self.path].unit
 
     def decode(self, data: bytes) -> float:
         """Physical value of the PID's data bytes; raises ObdDecodeError on a wrong length."""
@@ -68,24 +70,17 @@ _PCT = 100 / 255  # J1979 "A*100/255" percent scaling
 PIDS: dict[int, PidSpec] = {
     spec.pid: spec
     for spec in (
-        PidSpec(0x04, "calculated engine load", "Vehicle.OBD.EngineLoad", "percent", 1, _PCT),
-        PidSpec(
-            0x05,
-            "coolant temperature",
-            "Vehicle.OBD.CoolantTemperature",
-            "celsius",
-            1,
-            offset=-40.0,
-        ),
-        PidSpec(0x0C, "engine speed", "Vehicle.OBD.EngineSpeed", "rpm", 2, 0.25),
-        PidSpec(0x0D, "vehicle speed", "Vehicle.OBD.Speed", "km/h", 1),
-        PidSpec(0x11, "throttle position", "Vehicle.OBD.ThrottlePosition", "percent", 1, _PCT),
-        PidSpec(0x1F, "time since engine start", "Vehicle.OBD.RunTime", "s", 2),
-        PidSpec(0x21, "distance travelled with MIL on", "Vehicle.OBD.DistanceWithMIL", "km", 2),
-        PidSpec(0x2F, "fuel tank level input", "Vehicle.OBD.FuelLevel", "percent", 1, _PCT),
-        PidSpec(0x5E, "engine fuel rate", "Vehicle.OBD.FuelRate", "l/h", 2, 0.05),
+        PidSpec(0x04, "calculated engine load", "Vehicle.OBD.EngineLoad", 1, _PCT),
+        PidSpec(0x05, "coolant temperature", "Vehicle.OBD.CoolantTemperature", 1, offset=-40),
+        PidSpec(0x0C, "engine speed", "Vehicle.OBD.EngineSpeed", 2, 0.25),
+        PidSpec(0x0D, "vehicle speed", "Vehicle.OBD.Speed", 1),
+        PidSpec(0x11, "throttle position", "Vehicle.OBD.ThrottlePosition", 1, _PCT),
+        PidSpec(0x1F, "time since engine start", "Vehicle.OBD.RunTime", 2),
+        PidSpec(0x21, "distance travelled with MIL on", "Vehicle.OBD.DistanceWithMIL", 2),
+        PidSpec(0x2F, "fuel tank level input", "Vehicle.OBD.FuelLevel", 1, _PCT),
+        PidSpec(0x5E, "engine fuel rate", "Vehicle.OBD.FuelRate", 2, 0.05),
         # No Vehicle.OBD.* odometer exists in the catalog; PID A6 is the vehicle's odometer.
-        PidSpec(0xA6, "odometer", "Vehicle.TraveledDistance", "km", 4, 0.1),
+        PidSpec(0xA6, "odometer", "Vehicle.TraveledDistance", 4, 0.1),
     )
 }
 
@@ -139,15 +134,12 @@ def encode_supported_pids(base: int, pids: Iterable[int]) -> bytes:
     return bits.to_bytes(4, "big")
 
 
-def decode_pid(pid: int, data: bytes) -> list[tuple[str, SignalScalar]]:
-    """Catalog (path, value) pairs for one service 01 PID; raises ObdDecodeError if unknown."""
-    if pid == PID_MONITOR_STATUS:
-        status = decode_monitor_status(data)
-        return [(PATH_MIL_ON, status.mil_on), (PATH_DTC_COUNT, status.dtc_count)]
+def decode_pid(pid: int, data: bytes) -> tuple[str, float]:
+    """Catalog path and value of one signal PID (``PIDS``); raises ObdDecodeError otherwise."""
     spec = PIDS.get(pid)
     if spec is None:
         raise ObdDecodeError(f"PID 0x{pid:02X} has no signal decoder")
-    return [(spec.path, spec.decode(data))]
+    return spec.path, spec.decode(data)
 
 
 def split_current_data(data: bytes) -> list[tuple[int, bytes]]:
