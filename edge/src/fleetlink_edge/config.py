@@ -147,6 +147,15 @@ class UplinkSettings(_Section):
     max_inflight_batches: Annotated[int, Field(gt=0)] = 4
     backoff_initial_s: Annotated[float, Field(gt=0)] = 0.5
     backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
+    # MQTT client id; empty means the device id (ACLs may match it with %c).
+    client_id: str = ""
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # Downlink messages waiting for the agent; more are dropped and counted.
+    incoming_queue_size: Annotated[int, Field(gt=0)] = 256
+    # How long batches already sent may still wait for their PUBACK when a session ends.
+    shutdown_drain_s: Annotated[float, Field(ge=0)] = 2.0
+    # How often an idle uplink looks for new records in the outbox.
+    poll_interval_s: Annotated[float, Field(gt=0)] = 0.1
 
     @field_validator("topic_prefix")
     @classmethod
