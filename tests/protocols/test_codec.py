@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetlink_protocols import codec
 from fleetlink_protocols.catalog import AliasTable
@@ -13,6 +17,7 @@ from fleetlink_protocols.errors import (
     InvalidValue,
     MalformedPayload,
     PayloadTooLarge,
+    ProtocolError,
     UnsupportedVersion,
 )
 from fleetlink_protocols.limits import MAX_BATCH_ENTRIES, MAX_PAYLOAD_BYTES
@@ -27,6 +32,7 @@ from fleetlink_protocols.records import (
     Record,
     SignalValue,
 )
+from tests.protocols import strategies
 
 T0 = 1_717_243_200_123_456_789
 
@@ -190,3 +196,87 @@ def test_size_limits_are_enforced_both_ways() -> None:
     long_vin = SignalValue(T0, "Vehicle.VehicleIdentification.VIN", "x" * 10_000)
     with pytest.raises(PayloadTooLarge):
         codec.encode_record(long_vin)
+
+
+# Property tests: round trips equal the quantised input; hostile bytes raise only ProtocolError.
+
+
+@settings(max_examples=300)
+@given(strategies.RECORDS)
+def test_any_record_round_trips_to_its_quantized_form(record: Record) -> None:
+    assert decode_record(codec.encode_record(record)) == quantize(record)
+    assert quantize(quantize(record)) == quantize(record)
+
+
+@settings(max_examples=150)
+@given(strategies.batches(), st.sampled_from([None, AliasTable.for_paths(["Acme.X.Y", "Acme.Q"])]))
+def test_any_batch_round_trips(batch: Batch, aliases: AliasTable | None) -> None:
+    decoded = decode_batch(encode_batch(batch, aliases), aliases)
+    assert decoded.rejected == ()
+    assert decoded.batch.device_id == batch.device_id
+    assert decoded.batch.boot_id == batch.boot_id
+    assert decoded.batch.entries == tuple(Entry(e.seq, quantize(e.record)) for e in batch.entries)
+
+
+@given(st.binary(max_size=400))
+def test_random_bytes_raise_only_protocol_errors(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode_batch(data)
+    with contextlib.suppress(ProtocolError):
+        decode_record(data)
+
+
+_LEAF = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.binary(max_size=6)
+)
+_OBJ = st.recursive(
+    _LEAF,
+    lambda kids: (
+        st.lists(kids, max_size=5) | st.dictionaries(st.text(max_size=4), kids, max_size=4)
+    ),
+    max_leaves=20,
+)
+_ROW = st.tuples(st.integers(-2, 9), st.integers(-2, 3), st.integers(-5, 5)).flatmap(
+    lambda head: st.lists(_OBJ | st.integers(-(10**10), 10**10), max_size=10).map(
+        lambda body: [*head, *body]
+    )
+)
+
+
+@settings(max_examples=120)
+@given(
+    st.lists(_ROW, min_size=1, max_size=6),
+    st.integers(-1, 20),
+    st.sampled_from([0, 1, 2, "1"]),
+    st.sampled_from(["veh-1", "", "a/b", 5]),
+)
+def test_envelope_shaped_garbage_raises_only_protocol_errors(
+    rows: list[list[object]], last_seq: int, version: object, device: object
+) -> None:
+    try:
+        payload = msgpack.packb([version, device, 1, 0, last_seq, 10**12, 0, rows])
+    except (OverflowError, ValueError, TypeError):
+        return  # not representable in msgpack: nothing a peer could send
+    try:
+        decoded = decode_batch(payload)
+    except ProtocolError:
+        return
+    for entry in decoded.batch.entries:  # whatever decodes re-encodes
+        codec.encode_record(entry.record)
+
+
+@settings(max_examples=200)
+@given(strategies.batches(max_entries=8), st.data())
+def test_corrupted_batches_raise_only_protocol_errors(batch: Batch, data: st.DataObject) -> None:
+    payload = bytearray(encode_batch(batch))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(payload) - 1))
+        payload[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(payload)))
+    with contextlib.suppress(ProtocolError):
+        decode_batch(bytes(payload[:cut]) if data.draw(st.booleans()) else bytes(payload))

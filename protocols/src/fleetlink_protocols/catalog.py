@@ -5,12 +5,16 @@ assigned here once and never reused or renumbered, even when a signal is retired
 them against ``tests/protocols/vectors/catalog_aliases.json``. Devices may declare extra aliases
 (>= 1024) in their birth message for DBC signals mapped to paths the catalog lacks.
 
-Units are the ones VSS specifies for the path (``Vehicle.Speed`` is km/h, not m/s). Paths under
-``Fleetlink.`` are our overlay for what VSS 6.0 does not define; they are marked ``overlay``.
+Units are the ones VSS 6.0 specifies for the path: ``Vehicle.Speed`` is km/h, not m/s;
+``Vehicle.TraveledDistance`` is metres (uint32 since VSS 6.0); temperatures are "Celsius".
+``Vehicle.OBD.*`` left the VSS standard catalog in 6.0 and lives on in COVESA's OBD overlay; we
+keep it for one-to-one SAE J1979 PIDs. Paths under ``Fleetlink.`` are our own overlay for what
+VSS lacks. ``Signal.origin`` tells the three apart.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 import zlib
 from collections.abc import Iterable, Mapping
@@ -31,6 +35,14 @@ OVERLAY_PREFIX = "Fleetlink."
 _PATH_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")
 
 
+class Origin(enum.StrEnum):
+    """Where a path is defined."""
+
+    VSS = "vss"  # the COVESA VSS 6.0 standard catalog
+    VSS_OBD = "vss-obd"  # VSS's OBD overlay: Vehicle.OBD left the standard catalog in VSS 6.0
+    OVERLAY = "fleetlink"  # our own Fleetlink.* paths for what VSS lacks
+
+
 @dataclass(frozen=True, slots=True)
 class Signal:
     """One catalog signal. ``datatype`` and ``unit`` use VSS spellings ("float", "km/h")."""
@@ -42,93 +54,106 @@ class Signal:
     description: str
 
     @property
+    def origin(self) -> Origin:
+        if self.path.startswith(OVERLAY_PREFIX):
+            return Origin.OVERLAY
+        return Origin.VSS_OBD if self.path.startswith("Vehicle.OBD.") else Origin.VSS
+
+    @property
     def overlay(self) -> bool:
         """True for our own ``Fleetlink.`` paths, which are not part of VSS."""
-        return self.path.startswith(OVERLAY_PREFIX)
+        return self.origin is Origin.OVERLAY
 
 
 def _s(alias: int, path: str, datatype: str, unit: str | None, description: str) -> Signal:
     return Signal(alias, path, datatype, unit, description)
 
 
-# Numbering: 1-99 vehicle and motion, 100-199 powertrain, 200-299 OBD branch (SAE J1979 PIDs),
-# 300-399 chassis, 900-1023 Fleetlink overlay. Append only; never reuse a number.
+_ENGINE = "Vehicle.Powertrain.CombustionEngine"
+
+# Aliases 1..127 take one byte on the wire (msgpack positive fixint), so the catalog numbers
+# densely from 1. Append new signals with the next free number; never renumber or reuse one.
+# Prefer the standard path where one exists: Vehicle.Speed over Vehicle.OBD.Speed.
 SIGNALS: tuple[Signal, ...] = (
     _s(1, "Vehicle.Speed", "float", "km/h", "Vehicle speed"),
-    _s(2, "Vehicle.TraveledDistance", "float", "km", "Odometer: total distance traveled"),
+    _s(2, "Vehicle.TraveledDistance", "uint32", "m", "Odometer: distance over the vehicle's life"),
     _s(3, "Vehicle.VehicleIdentification.VIN", "string", None, "17-character VIN, ISO 3779"),
-    _s(4, "Vehicle.Exterior.AirTemperature", "float", "celsius", "Air temperature outside"),
-    _s(5, "Vehicle.Acceleration.Lateral", "float", "m/s^2", "Lateral acceleration, + to left"),
-    _s(6, "Vehicle.Acceleration.Longitudinal", "float", "m/s^2", "Longitudinal, + forward"),
-    _s(7, "Vehicle.Acceleration.Vertical", "float", "m/s^2", "Vertical acceleration, + up"),
-    _s(8, "Vehicle.AngularVelocity.Yaw", "float", "degrees/s", "Yaw rate, + to the left"),
+    _s(4, "Vehicle.Exterior.AirTemperature", "float", "Celsius", "Air temperature outside"),
+    _s(5, "Vehicle.Acceleration.Lateral", "float", "m/s^2", "Acceleration in Y, ISO 8855"),
+    _s(6, "Vehicle.Acceleration.Longitudinal", "float", "m/s^2", "Acceleration in X, ISO 8855"),
+    _s(7, "Vehicle.Acceleration.Vertical", "float", "m/s^2", "Acceleration in Z, ISO 8855"),
+    _s(8, "Vehicle.AngularVelocity.Yaw", "float", "degrees/s", "Rotation rate about Z"),
     _s(9, "Vehicle.LowVoltageBattery.CurrentVoltage", "float", "V", "12/24 V battery voltage"),
     _s(10, "Vehicle.IsMoving", "boolean", None, "Whether the vehicle is moving"),
-    _s(100, "Vehicle.Powertrain.CombustionEngine.Speed", "uint16", "rpm", "Engine speed"),
-    _s(101, "Vehicle.Powertrain.CombustionEngine.ECT", "int16", "celsius", "Coolant temp"),
-    _s(102, "Vehicle.Powertrain.CombustionEngine.EOT", "int16", "celsius", "Engine oil temp"),
-    _s(103, "Vehicle.Powertrain.CombustionEngine.EOP", "uint16", "kPa", "Engine oil pressure"),
-    _s(104, "Vehicle.Powertrain.CombustionEngine.EngineHours", "float", "h", "Engine hours"),
-    _s(105, "Vehicle.Powertrain.CombustionEngine.IdleHours", "float", "h", "Idle hours"),
-    _s(106, "Vehicle.Powertrain.CombustionEngine.Torque", "int16", "Nm", "Engine torque"),
-    _s(110, "Vehicle.Powertrain.FuelSystem.RelativeLevel", "uint8", "percent", "Fuel level"),
+    _s(11, "Vehicle.TraveledDistanceSinceStart", "uint32", "m", "Distance in the current trip"),
+    _s(12, f"{_ENGINE}.Speed", "float", "rpm", "Engine speed"),
+    _s(13, f"{_ENGINE}.EngineCoolant.Temperature", "float", "Celsius", "Coolant temperature"),
+    _s(14, f"{_ENGINE}.EngineOil.Temperature", "float", "Celsius", "Engine oil temperature"),
+    _s(15, f"{_ENGINE}.EOP", "uint16", "kPa", "Engine oil pressure"),
+    _s(16, f"{_ENGINE}.EngineHours", "float", "h", "Engine running time over its life"),
+    _s(17, f"{_ENGINE}.IdleHours", "float", "h", "Engine idling time over its life"),
+    _s(18, f"{_ENGINE}.Torque", "int16", "Nm", "Current engine torque"),
+    _s(19, f"{_ENGINE}.IsRunning", "boolean", None, "Engine rotating (speed > 0)"),
+    _s(20, "Vehicle.Powertrain.FuelSystem.RelativeLevel", "uint8", "percent", "Fuel level"),
     _s(
-        111,
+        21,
         "Vehicle.Powertrain.FuelSystem.InstantConsumption",
         "float",
         "l/100km",
         "Current fuel consumption per distance",
     ),
-    _s(112, "Vehicle.Powertrain.FuelSystem.Range", "uint32", "m", "Remaining range on fuel"),
-    _s(120, "Vehicle.Powertrain.Transmission.CurrentGear", "int8", None, "Engaged gear"),
+    _s(22, "Vehicle.Powertrain.FuelSystem.Range", "uint32", "m", "Remaining range on fuel"),
+    _s(23, "Vehicle.Powertrain.Transmission.CurrentGear", "int8", None, "Engaged gear"),
     _s(
-        130,
+        24,
         "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current",
         "float",
         "percent",
         "Physical state of charge of the high-voltage battery",
     ),
-    _s(200, "Vehicle.OBD.EngineLoad", "float", "percent", "PID 04: calculated engine load"),
-    _s(201, "Vehicle.OBD.CoolantTemperature", "float", "celsius", "PID 05: coolant temp"),
-    _s(202, "Vehicle.OBD.MAP", "float", "kPa", "PID 0B: intake manifold pressure"),
-    _s(203, "Vehicle.OBD.EngineSpeed", "float", "rpm", "PID 0C: engine speed"),
-    _s(204, "Vehicle.OBD.Speed", "float", "km/h", "PID 0D: vehicle speed"),
-    _s(205, "Vehicle.OBD.IntakeTemp", "float", "celsius", "PID 0F: intake air temp"),
-    _s(206, "Vehicle.OBD.MAF", "float", "g/s", "PID 10: mass air flow rate"),
-    _s(207, "Vehicle.OBD.ThrottlePosition", "float", "percent", "PID 11: throttle position"),
-    _s(208, "Vehicle.OBD.RunTime", "float", "s", "PID 1F: run time since engine start"),
-    _s(209, "Vehicle.OBD.DistanceWithMIL", "float", "km", "PID 21: distance with MIL on"),
-    _s(210, "Vehicle.OBD.FuelLevel", "float", "percent", "PID 2F: fuel tank level"),
-    _s(211, "Vehicle.OBD.DistanceSinceDTCClear", "float", "km", "PID 31: since codes cleared"),
-    _s(212, "Vehicle.OBD.BarometricPressure", "float", "kPa", "PID 33: barometric pressure"),
-    _s(213, "Vehicle.OBD.ControlModuleVoltage", "float", "V", "PID 42: module voltage"),
-    _s(214, "Vehicle.OBD.AmbientAirTemperature", "float", "celsius", "PID 46: ambient air"),
-    _s(215, "Vehicle.OBD.OilTemperature", "float", "celsius", "PID 5C: engine oil temp"),
-    _s(216, "Vehicle.OBD.FuelRate", "float", "l/h", "PID 5E: engine fuel rate"),
-    _s(300, "Vehicle.Chassis.SteeringWheel.Angle", "int16", "degrees", "Steering wheel angle"),
-    _s(301, "Vehicle.Chassis.Accelerator.PedalPosition", "uint8", "percent", "Accel pedal"),
-    _s(302, "Vehicle.Chassis.Brake.PedalPosition", "uint8", "percent", "Brake pedal"),
-    _s(303, "Vehicle.Chassis.ParkingBrake.IsEngaged", "boolean", None, "Parking brake set"),
-    _s(900, "Fleetlink.GNSS.HDOP", "float", None, "Horizontal dilution of precision"),
-    _s(901, "Fleetlink.GNSS.SatellitesUsed", "uint8", None, "Satellites used in the fix"),
-    _s(910, "Fleetlink.J1939.SPN", "uint32", None, "SPN of the latest J1939 DM1 fault"),
-    _s(911, "Fleetlink.J1939.FMI", "uint8", None, "FMI of the latest J1939 DM1 fault"),
+    _s(25, "Vehicle.OBD.EngineLoad", "float", "percent", "PID 04: calculated engine load"),
+    _s(26, "Vehicle.OBD.CoolantTemperature", "float", "Celsius", "PID 05: coolant temp"),
+    _s(27, "Vehicle.OBD.MAP", "float", "kPa", "PID 0B: intake manifold pressure"),
+    _s(28, "Vehicle.OBD.EngineSpeed", "float", "rpm", "PID 0C: engine speed"),
+    _s(29, "Vehicle.OBD.Speed", "float", "km/h", "PID 0D: vehicle speed"),
+    _s(30, "Vehicle.OBD.IntakeTemp", "float", "Celsius", "PID 0F: intake air temp"),
+    _s(31, "Vehicle.OBD.MAF", "float", "g/s", "PID 10: mass air flow rate"),
+    _s(32, "Vehicle.OBD.ThrottlePosition", "float", "percent", "PID 11: throttle position"),
+    _s(33, "Vehicle.OBD.RunTime", "float", "s", "PID 1F: run time since engine start"),
+    _s(34, "Vehicle.OBD.DistanceWithMIL", "float", "km", "PID 21: distance with MIL on"),
+    _s(35, "Vehicle.OBD.FuelLevel", "float", "percent", "PID 2F: fuel tank level"),
+    _s(36, "Vehicle.OBD.DistanceSinceDTCClear", "float", "km", "PID 31: since codes cleared"),
+    _s(37, "Vehicle.OBD.BarometricPressure", "float", "kPa", "PID 33: barometric pressure"),
+    _s(38, "Vehicle.OBD.ControlModuleVoltage", "float", "V", "PID 42: module voltage"),
+    _s(39, "Vehicle.OBD.AmbientAirTemperature", "float", "Celsius", "PID 46: ambient air"),
+    _s(40, "Vehicle.OBD.OilTemperature", "float", "Celsius", "PID 5C: engine oil temp"),
+    _s(41, "Vehicle.OBD.FuelRate", "float", "l/h", "PID 5E: engine fuel rate"),
+    _s(42, "Vehicle.OBD.Status.IsMILOn", "boolean", None, "PID 01: malfunction lamp on"),
+    _s(43, "Vehicle.OBD.Status.DTCCount", "uint8", None, "PID 01: number of stored DTCs"),
+    _s(44, "Vehicle.Chassis.SteeringWheel.Angle", "int16", "degrees", "+ left, - right"),
+    _s(45, "Vehicle.Chassis.Accelerator.PedalPosition", "uint8", "percent", "Accel pedal"),
+    _s(46, "Vehicle.Chassis.Brake.PedalPosition", "uint8", "percent", "Brake pedal"),
+    _s(47, "Vehicle.Chassis.ParkingBrake.IsEngaged", "boolean", None, "Parking brake set"),
+    _s(48, "Fleetlink.GNSS.HDOP", "float", None, "Horizontal dilution of precision"),
+    _s(49, "Fleetlink.GNSS.SatellitesUsed", "uint8", None, "Satellites used in the fix"),
+    _s(50, "Fleetlink.J1939.SPN", "uint32", None, "SPN of the latest J1939-73 DM1 fault"),
+    _s(51, "Fleetlink.J1939.FMI", "uint8", None, "FMI of the latest J1939-73 DM1 fault"),
     _s(
-        920,
+        52,
         "Fleetlink.Powertrain.FuelRate",
         "float",
         "l/h",
-        "Engine fuel rate (J1939-71 SPN 183, PGN 65266 LFE); VSS has only the OBD PID path",
+        "Engine fuel rate (J1939-71 SPN 183, PGN 65266 LFE); VSS has it only as OBD PID 5E",
     ),
     _s(
-        921,
+        53,
         "Fleetlink.Powertrain.TotalFuelUsed",
         "float",
         "l",
         "Engine total fuel used over its life (J1939-71 SPN 250, PGN 65257 LFC)",
     ),
     _s(
-        922,
+        54,
         "Fleetlink.Powertrain.CombustionEngine.PercentLoad",
         "uint8",
         "percent",
@@ -144,7 +169,7 @@ def check_path(path: str) -> str:
     """Return ``path`` if it is a dotted signal path within limits, else raise InvalidValue."""
     if len(path) > MAX_PATH_LEN:
         raise PayloadTooLarge(f"signal path longer than {MAX_PATH_LEN} characters")
-    if not _PATH_RE.match(path):
+    if not _PATH_RE.fullmatch(path):
         raise InvalidValue(f"not a dotted signal path: {path[:MAX_PATH_LEN]!r}")
     return path
 

@@ -111,7 +111,8 @@ def encode_record(record: Record) -> bytes:
     """
     rtype = _record_type(record)
     body = encode_body(record, Chain(), CATALOG)
-    return p.pack([int(rtype), _ts_ms(record.ts_wall_ns), *body], MAX_RECORD_BYTES, "record")
+    row = [int(rtype), _ts_ms(record.ts_wall_ns), *body]
+    return p.pack_row(row, MAX_RECORD_BYTES, "record")
 
 
 def decode_record(data: bytes) -> Record:
@@ -135,10 +136,10 @@ def encode_batch(batch: Batch, aliases: AliasTable | None = None) -> bytes:
     rows: list[list[Any]] = []
     for entry in batch.entries:
         ts = _ts_ms(entry.record.ts_wall_ns)
-        head = [int(_record_type(entry.record)), entry.seq - prev_seq, ts - prev_ts]
-        rows.append(head + encode_body(entry.record, chain, table))
+        row = [int(_record_type(entry.record)), entry.seq - prev_seq, ts - prev_ts]
+        rows.append(row + encode_body(entry.record, chain, table))
         prev_seq, prev_ts = entry.seq, ts
-    envelope = [
+    envelope: list[Any] = [
         PROTOCOL_VERSION,
         batch.device_id,
         batch.boot_id,
@@ -146,9 +147,8 @@ def encode_batch(batch: Batch, aliases: AliasTable | None = None) -> bytes:
         batch.last_seq,
         base_ts,
         table.fingerprint,
-        rows,
     ]
-    return p.pack(envelope, MAX_PAYLOAD_BYTES, "batch")
+    return p.pack_rows(envelope, rows, MAX_PAYLOAD_BYTES, "batch")
 
 
 def decode_batch(payload: bytes, aliases: AliasTable | None = None) -> DecodedBatch:

@@ -63,14 +63,14 @@ TOPIC_SPECS: dict[TopicKind, TopicSpec] = {
 
 def check_device_id(device_id: str) -> str:
     """Return ``device_id`` if it matches DEVICE_ID_PATTERN; raise InvalidDeviceId otherwise."""
-    if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.match(device_id):
+    if not isinstance(device_id, str) or not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise InvalidDeviceId(f"invalid device id {str(device_id)[:80]!r}")
     return device_id
 
 
 def check_prefix(prefix: str) -> str:
     """Return ``prefix`` if it is one or more plain topic levels; raise InvalidTopic otherwise."""
-    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
         raise InvalidTopic(f"invalid topic prefix {str(prefix)[:80]!r}")
     return prefix
 
