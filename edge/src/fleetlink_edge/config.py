@@ -67,6 +67,20 @@ class ObdSettings(_Section):
     ]
     dtc_interval_s: Annotated[float, Field(gt=0)] = 60.0
     response_timeout_s: Annotated[float, Field(gt=0)] = 0.2
+    # SAE J1979 allows up to six PIDs in one service 01 request; 1 suits every ECU.
+    pids_per_request: Annotated[int, Field(ge=1, le=6)] = 1
+    # After 7F xx 78 (response pending) wait up to P2*CAN, 5 s in ISO 15765-4.
+    response_pending_timeout_s: Annotated[float, Field(gt=0)] = 5.0
+    # ISO-TP N_Cr: longest gap between consecutive frames of one answer (ISO 15765-2: 1 s).
+    isotp_timeout_s: Annotated[float, Field(gt=0)] = 1.0
+    # ISO 15765-4 sends 8-byte frames; the filler byte is free (ISO 15765-2 suggests 0xCC).
+    padding_byte: Annotated[int, Field(ge=0, le=0xFF)] = 0xCC
+    # Response frames waiting for the poller; more are dropped and counted.
+    queue_size: Annotated[int, Field(gt=0)] = 256
+    # No ECU answered discovery (ignition off): ask again after this long.
+    discovery_retry_s: Annotated[float, Field(gt=0)] = 5.0
+    # Poll cycles without any answer before the poller assumes the ECUs are gone.
+    rediscover_after_silent_cycles: Annotated[int, Field(ge=1)] = 3
 
 
 class J1939Settings(_Section):
