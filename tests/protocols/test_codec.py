@@ -198,6 +198,28 @@ def test_size_limits_are_enforced_both_ways() -> None:
         codec.encode_record(long_vin)
 
 
+def test_prefix_encoding_splits_a_backlog_by_size() -> None:
+    big = {f"k{i:02}": "x" * 200 for i in range(30)}  # about 6.3 kB per event
+    entries = tuple(Entry(i, Event(T0 + i, "diag_dump", big)) for i in range(100))
+    batch = Batch("veh-001", 3, entries)
+    with pytest.raises(PayloadTooLarge):
+        encode_batch(batch)
+    sent: list[Entry] = []
+    rest = entries
+    while rest:
+        payload, count = codec.encode_batch_prefix(Batch("veh-001", 3, rest))
+        assert len(payload) <= MAX_PAYLOAD_BYTES
+        decoded = decode_batch(payload).batch
+        assert decoded.entries == tuple(Entry(e.seq, quantize(e.record)) for e in rest[:count])
+        sent += decoded.entries
+        rest = rest[count:]
+    assert [e.seq for e in sent] == list(range(100))
+    payload, count = codec.encode_batch_prefix(batch, max_bytes=20_000)
+    assert (count, len(payload) <= 20_000) == (3, True)  # 3 x 6.3 kB fit, 4 do not
+    with pytest.raises(PayloadTooLarge):
+        codec.encode_batch_prefix(batch, max_bytes=1000)
+
+
 # Property tests: round trips equal the quantised input; hostile bytes raise only ProtocolError.
 
 

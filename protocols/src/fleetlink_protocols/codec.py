@@ -43,6 +43,9 @@ from fleetlink_protocols.topics import check_device_id
 PROTOCOL_VERSION = 1
 """Major version: a decoder rejects any other. Minor additions append fields (see the spec)."""
 
+ENVELOPE_MAX_BYTES = 128
+"""Upper bound of the envelope around the entries (device id of 64 characters, 64-bit fields)."""
+
 MAX_TS_MS = p.INT63_MAX // 1_000_000
 """Latest timestamp on the wire, in ms (year 2262): ts_wall_ns must fit a signed 64-bit."""
 
@@ -55,6 +58,7 @@ __all__ = [
     "decode_batch",
     "decode_record",
     "encode_batch",
+    "encode_batch_prefix",
     "encode_record",
     "example_positions",
     "quantize",
@@ -127,28 +131,52 @@ def encode_batch(batch: Batch, aliases: AliasTable | None = None) -> bytes:
     """Encode a batch for the live/history/events topics. Raises ProtocolError subclasses.
 
     Signal paths in ``aliases`` (default: the catalog only) travel as aliases, others inline.
+    PayloadTooLarge if the payload would exceed MAX_PAYLOAD_BYTES: see ``encode_batch_prefix``.
+    """
+    payload, count = encode_batch_prefix(batch, aliases, MAX_PAYLOAD_BYTES + ENVELOPE_MAX_BYTES)
+    if count < len(batch.entries) or len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadTooLarge(f"batch: more than {MAX_PAYLOAD_BYTES} bytes")
+    return payload
+
+
+def encode_batch_prefix(
+    batch: Batch, aliases: AliasTable | None = None, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> tuple[bytes, int]:
+    """Encode the longest prefix of ``batch.entries`` that fits ``max_bytes``.
+
+    Returns the payload and how many entries it holds; the uplink publishes it and sends the
+    rest in the next batch. Raises PayloadTooLarge if not even the first entry fits.
     """
     table = aliases if aliases is not None else CATALOG
     _check_batch(batch)
     chain = Chain()
     prev_seq = batch.first_seq
     base_ts = prev_ts = _ts_ms(batch.entries[0].record.ts_wall_ns)
-    rows: list[list[Any]] = []
+    rows: list[bytes] = []
+    budget = min(max_bytes, MAX_PAYLOAD_BYTES + ENVELOPE_MAX_BYTES) - ENVELOPE_MAX_BYTES
     for entry in batch.entries:
         ts = _ts_ms(entry.record.ts_wall_ns)
         row = [int(_record_type(entry.record)), entry.seq - prev_seq, ts - prev_ts]
-        rows.append(row + encode_body(entry.record, chain, table))
+        packed = p.pack_row(
+            row + encode_body(entry.record, chain, table), MAX_RECORD_BYTES, "entry"
+        )
+        budget -= len(packed)
+        if budget < 0:
+            break
+        rows.append(packed)
         prev_seq, prev_ts = entry.seq, ts
+    if not rows:
+        raise PayloadTooLarge(f"batch: the first entry alone exceeds {max_bytes} bytes")
     envelope: list[Any] = [
         PROTOCOL_VERSION,
         batch.device_id,
         batch.boot_id,
         batch.first_seq,
-        batch.last_seq,
+        prev_seq,  # last_seq: the last entry that fitted
         base_ts,
         table.fingerprint,
     ]
-    return p.pack_rows(envelope, rows, MAX_PAYLOAD_BYTES, "batch")
+    return p.pack_envelope(envelope, rows, max_bytes, "batch"), len(rows)
 
 
 def decode_batch(payload: bytes, aliases: AliasTable | None = None) -> DecodedBatch:

@@ -31,28 +31,25 @@ def pack(obj: object, limit: int, what: str) -> bytes:
     return data
 
 
-def pack_rows(head: list[Any], rows: list[list[Any]], limit: int, what: str) -> bytes:
-    """Encode ``[*head, rows]``, each row's floats as float32 where that is exact.
-
-    A float32 costs 5 bytes against a float64's 9; the decoder reads either as the same Python
-    float, so a value survives unchanged whichever width it travelled in.
-    """
-    wide = msgpack.Packer(use_bin_type=True)
-    narrow = msgpack.Packer(use_bin_type=True, use_single_float=True)
+def pack_envelope(head: list[Any], rows: list[bytes], limit: int, what: str) -> bytes:
+    """Encode ``[*head, [rows...]]`` around rows already packed by ``pack_row``."""
+    packer = msgpack.Packer(use_bin_type=True)
     try:
-        parts = [wide.pack_array_header(len(head) + 1), *(wide.pack(f) for f in head)]
-        parts.append(wide.pack_array_header(len(rows)))
-        parts.extend((narrow if _floats_fit_f32(row) else wide).pack(row) for row in rows)
+        parts = [packer.pack_array_header(len(head) + 1), *(packer.pack(f) for f in head)]
     except (OverflowError, TypeError, ValueError) as exc:
         raise InvalidValue(f"{what}: cannot encode: {exc}") from exc
-    data = b"".join(parts)
+    data = b"".join([*parts, packer.pack_array_header(len(rows)), *rows])
     if len(data) > limit:
         raise PayloadTooLarge(f"{what}: {len(data)} bytes exceeds the limit of {limit}")
     return data
 
 
 def pack_row(row: list[Any], limit: int, what: str) -> bytes:
-    """Encode one flat row (values and one level of maps), floats as float32 where exact."""
+    """Encode one flat row (values and one level of maps), floats as float32 where exact.
+
+    A float32 costs 5 bytes against a float64's 9; the decoder reads either as the same Python
+    float, so a value survives unchanged whichever width it travelled in.
+    """
     packer = msgpack.Packer(use_bin_type=True, use_single_float=_floats_fit_f32(row))
     try:
         data = packer.pack(row)
