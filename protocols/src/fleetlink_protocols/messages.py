@@ -165,7 +165,7 @@ def encode_command(command: Command) -> bytes:
         if command.expires_wall_ns is None
         else p.check_int(command.expires_wall_ns, "expires", 0),
     ]
-    return p.pack(body, MAX_PAYLOAD_BYTES, "command")
+    return p.pack(_trim(body), MAX_PAYLOAD_BYTES, "command")
 
 
 def decode_command(payload: bytes) -> Command:
@@ -188,7 +188,7 @@ def encode_ack(ack: CommandAck) -> bytes:
         p.check_text(ack.detail, "detail", MAX_TEXT_LEN),
         None if ack.ts_wall_ns is None else p.check_int(ack.ts_wall_ns, "ts_wall_ns", 0),
     ]
-    return p.pack(body, 1024, "ack")
+    return p.pack(_trim(body), 1024, "ack")
 
 
 def decode_ack(payload: bytes) -> CommandAck:
