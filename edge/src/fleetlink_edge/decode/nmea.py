@@ -120,6 +120,11 @@ class NmeaSplitter:
             i = j + 1
         return out
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete sentence (never more than ``max_len``)."""
+        return len(self._buf) + len(self._stub)
+
     def flush(self) -> list[bytes]:
         """End of input: a final sentence without its line ending still counts."""
         out: list[bytes] = []
@@ -176,14 +181,14 @@ def parse_sentence(sentence: bytes) -> tuple[list[str], bool]:
     """Fields of ``$<address>,...[*hh]`` (field 0 is the address, e.g. "GPRMC") and whether a
     checksum was present. Raises SentenceError ("bad_checksum" or "malformed")."""
     body, star, checksum = sentence[1:].partition(b"*")
+    if not _PRINTABLE.fullmatch(body):
+        raise SentenceError("malformed")
     if star:
         checksum = checksum.rstrip(b" ")
         if not _HEX2.fullmatch(checksum):
             raise SentenceError("malformed")
         if int(checksum, 16) != functools.reduce(operator.xor, body, 0):
             raise SentenceError("bad_checksum")
-    if not _PRINTABLE.fullmatch(body):
-        raise SentenceError("malformed")
     fields = body.decode("ascii").split(",")
     if not _ADDRESS.fullmatch(fields[0]):
         raise SentenceError("malformed")
@@ -329,6 +334,11 @@ class NmeaDecoder:
         self._had_altitude = False  # the last fix had one
         self._cycles = 0
         self._in_view: dict[str, tuple[int, int]] = {}  # talker -> (satellites, cycle seen)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete sentence (bounded by ``max_sentence_len``)."""
+        return self._splitter.buffered
 
     def feed(self, data: bytes) -> list[Fix]:
         out: list[Fix] = []
