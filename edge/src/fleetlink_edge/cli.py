@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import os
+import signal
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from fleetlink_edge.config import EdgeSettings, load_settings
+from fleetlink_edge.errors import ConfigError, EdgeError
 
 log = logging.getLogger("fleetlink_edge")
 
@@ -44,10 +51,98 @@ def _cmd_decode_can(args: argparse.Namespace) -> int:
     return _print_json_lines(decoded_lines(path, args.dbc))
 
 
+def _run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
+    """Run ``main(stop)``; SIGTERM and SIGINT set ``stop`` so the agent flushes and exits 0."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    try:
+        asyncio.run(runner())
+    except EdgeError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def _load(args: argparse.Namespace, **overrides: Any) -> EdgeSettings | None:
+    try:
+        return load_settings(args.config, **overrides)
+    except ConfigError as exc:
+        print(f"fleetlink-edge: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fleetlink_edge.app import Agent
+    from fleetlink_edge.health import SystemdNotifier, watchdog_interval_s
+
+    settings = _load(args)
+    if settings is None:
+        return 2
+    agent = Agent(
+        settings,
+        notifier=SystemdNotifier(os.environ.get("NOTIFY_SOCKET")),
+        watchdog_interval_s=watchdog_interval_s(os.environ.get("WATCHDOG_USEC")),
+    )
+    return _run_until_signalled(agent.run)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from fleetlink_edge.simulate import SimOptions, simulate
+
+    overrides: dict[str, Any] = {}
+    state_dir: Path = args.state_dir or Path(tempfile.mkdtemp(prefix="fleetlink-sim-"))
+    if args.config is None:
+        overrides["outbox"] = {"path": state_dir / "outbox.sqlite3"}
+        overrides["device"] = {"id": args.device}
+        overrides["health"] = {"interval_s": 10.0}
+    if args.broker:
+        host, _, port = args.broker.rpartition(":")
+        overrides["uplink"] = {"host": host or "127.0.0.1", "port": int(port)}
+    settings = _load(args, **overrides)
+    if settings is None:
+        return 2
+    options = SimOptions(
+        duration_s=args.duration,
+        gnss_hz=args.gnss_hz,
+        lat=args.lat,
+        lon=args.lon,
+        seed=args.seed,
+        can_replay=args.can_replay,
+        can_fps=args.can_fps,
+        report_every_s=args.report_every,
+    )
+    return _run_until_signalled(lambda stop: simulate(settings, options, sys.stdout, stop))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetlink-edge", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", type=Path, required=True, help="agent TOML file")
+    run.set_defaults(func=_cmd_run)
+
+    sim = sub.add_parser("simulate", help="run the agent on simulated GNSS and CAN hardware")
+    sim.add_argument("--config", type=Path, default=None, help="agent TOML (default: built in)")
+    sim.add_argument("--device", default="veh-sim-001", help="device id (without --config)")
+    sim.add_argument("--broker", default=None, help="MQTT broker HOST:PORT")
+    sim.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    sim.add_argument("--gnss-hz", type=float, default=1.0, help="NMEA epochs per second")
+    sim.add_argument("--lat", type=float, default=52.520, help="centre of the drive")
+    sim.add_argument("--lon", type=float, default=13.405, help="centre of the drive")
+    sim.add_argument("--seed", type=int, default=0, help="route seed")
+    sim.add_argument("--state-dir", type=Path, default=None, help="outbox folder (default: temp)")
+    sim.add_argument("--can-replay", type=Path, default=None, help="CAN log to replay on the bus")
+    sim.add_argument("--can-fps", type=float, default=0.0, help="replay rate, frames per second")
+    sim.add_argument("--report-every", type=float, default=5.0, help="status line period, s")
+    sim.set_defaults(func=_cmd_simulate)
 
     decode = sub.add_parser("decode", help="decode a capture file and print JSON lines")
     dsub = decode.add_subparsers(dest="what", required=True)

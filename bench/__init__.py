@@ -1,0 +1,1 @@
+"""fleetlink benchmarks (not shipped; run with ``uv run python -m bench``)."""

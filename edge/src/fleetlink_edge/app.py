@@ -1,0 +1,225 @@
+"""The composition root: builds the agent from settings and runs its loops until told to stop.
+
+Two loops meet only at the outbox: capture (sources -> decode -> sample -> outbox) and uplink
+(outbox -> MQTT -> ack). Shutdown order keeps every accepted record: stop the sources, flush the
+capture queue into the outbox, let the uplink settle its in-flight publishes, close the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import asdict
+from typing import Any, Protocol
+
+from fleetlink_edge import __version__
+from fleetlink_edge.capture import Capture
+from fleetlink_edge.config import EdgeSettings
+from fleetlink_edge.errors import ConfigError
+from fleetlink_edge.health import Heartbeats, SystemdNotifier, collect_counters
+from fleetlink_edge.outbox import Outbox
+from fleetlink_edge.sample import Sampler
+from fleetlink_edge.uplink import Uplink
+from fleetlink_protocols.catalog import AliasTable
+from fleetlink_protocols.messages import Birth
+from fleetlink_protocols.records import Health, Position, Record
+
+log = logging.getLogger(__name__)
+
+# GNSS source plugins: config name -> "module:class", imported only when chosen.
+GNSS_SOURCES: dict[str, str] = {
+    "serial": "fleetlink_edge.sources.nmea_serial:NmeaSerialSource",
+    "gpsd": "fleetlink_edge.sources.gpsd:GpsdSource",
+}
+
+
+class GnssSource(Protocol):
+    counters: dict[str, int]
+
+    def positions(self) -> AsyncIterator[Position]: ...
+
+
+def load_gnss_source(settings: EdgeSettings) -> GnssSource | None:
+    name = settings.gnss.source
+    if name == "none":
+        return None
+    module_name, _, attr = GNSS_SOURCES[name].partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise ConfigError(f"GNSS source {name!r} cannot be loaded: {exc}") from exc
+    section = settings.gnss.serial if name == "serial" else settings.gnss.gpsd
+    source: GnssSource = cls(section)
+    return source
+
+
+def signal_paths(settings: EdgeSettings) -> list[str]:
+    """Catalog paths the configured DBC mappings produce (extras get declared aliases)."""
+    return sorted({path for dbc in settings.can.dbc for path in dbc.signals.values()})
+
+
+class Agent:
+    """One agent process. ``can_bus`` lets a simulator share python-can's in-process virtual bus."""
+
+    def __init__(
+        self,
+        settings: EdgeSettings,
+        *,
+        can_bus: object | None = None,
+        notifier: SystemdNotifier | None = None,
+        watchdog_interval_s: float | None = None,
+        now_wall_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.settings = settings
+        self.boot_id = secrets.randbits(63)
+        self._can_bus = can_bus
+        self._notifier = notifier or SystemdNotifier(None)
+        self._watchdog_s = watchdog_interval_s
+        self._now = now_wall_ns
+        self._counter_sources: dict[str, Callable[[], dict[str, int]]] = {}
+        self._heartbeats = Heartbeats(max_silence_s=30.0)
+
+    def counters(self) -> dict[str, int]:
+        """Every component's counters, flattened as ``component.name``."""
+        return collect_counters(self._counter_sources)
+
+    def _count(self, name: str, read: Callable[[], dict[str, int]]) -> None:
+        self._counter_sources[name] = read
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set or a loop fails (then raise, so systemd restarts us)."""
+        s = self.settings
+        async with contextlib.AsyncExitStack() as stack:
+            outbox = await stack.enter_async_context(Outbox(s.outbox, boot_id=self.boot_id))
+            sampler = Sampler(s.sampling)
+            capture = Capture(
+                sampler,
+                outbox,
+                now_wall_ns=self._now,
+                on_commit=lambda: self._heartbeats.beat("capture", time.monotonic_ns()),
+            )
+            birth = Birth(
+                device_id=s.device.id,
+                boot_id=self.boot_id,
+                agent_version=__version__,
+                started_wall_ns=self._now(),
+                aliases=AliasTable.for_paths(signal_paths(s)),
+            )
+            uplink = Uplink(s.uplink, s.device.id, outbox, birth)
+            self._count("outbox", lambda: dict(outbox.counters))
+            self._count("sampler", lambda: sampler.counters)
+            self._count("capture", lambda: capture.counters)
+            self._count("uplink", lambda: {k: int(v) for k, v in asdict(uplink.counters).items()})
+            producers = await self._producers(stack, capture)
+            self._heartbeats.register("capture", time.monotonic_ns())
+            core = {
+                "capture": asyncio.create_task(capture.run(), name="capture"),
+                "uplink": asyncio.create_task(uplink.run(), name="uplink"),
+            }
+            sources = [asyncio.create_task(c, name=n) for n, c in producers.items()]
+            health = asyncio.create_task(self._health(capture), name="health")
+            log.info(
+                "agent %s started: device %s, boot %d, %s",
+                __version__,
+                s.device.id,
+                self.boot_id,
+                ", ".join(producers) or "no sources",
+            )
+            self._notifier.ready(f"device {s.device.id} boot {self.boot_id}")
+            failure = await self._wait(stop, [*core.values(), *sources, health])
+            self._notifier.stopping()
+            await _cancel(sources)
+            await _cancel([core["capture"]])
+            await _cancel([core["uplink"], health])
+            log.info("agent stopped; counters: %s", self.counters())
+            if failure is not None:
+                raise failure
+
+    async def _producers(
+        self, stack: contextlib.AsyncExitStack, capture: Capture
+    ) -> dict[str, Coroutine[Any, Any, None]]:
+        s = self.settings
+        producers: dict[str, Coroutine[Any, Any, None]] = {}
+        gnss = load_gnss_source(s)
+        if gnss is not None:
+            self._count("gnss", lambda: gnss.counters)
+            producers["gnss"] = _pump(gnss.positions(), capture)
+        if s.can.enabled:
+            from fleetlink_edge.decode.can import CanDecoder
+            from fleetlink_edge.sources.can import CanPort
+            from fleetlink_edge.sources.obd import ObdPoller
+
+            port = await stack.enter_async_context(CanPort(s.can, bus=self._can_bus))  # type: ignore[arg-type]
+            self._count("can", lambda: port.counters)
+            decoder = CanDecoder.from_settings(s.can)
+            if decoder.j1939 is not None or decoder.dbc:
+                self._count("can_decode", lambda: decoder.counters)
+                producers["can"] = _pump_frames(port, decoder, capture, s.can.queue_size)
+            if s.can.obd.enabled:
+                poller = ObdPoller(port, s.can.obd)
+                self._count("obd", lambda: poller.counters)
+                producers["obd"] = _pump(poller.records(), capture)
+        return producers
+
+    async def _health(self, capture: Capture) -> None:
+        """Periodic Health record; watchdog pings only while the capture loop is beating."""
+        interval_s = self.settings.health.interval_s
+        tick_s = min(interval_s, self._watchdog_s or interval_s)
+        next_health = time.monotonic() + interval_s
+        while True:
+            await asyncio.sleep(tick_s)
+            stale = self._heartbeats.stale(time.monotonic_ns())
+            if stale:
+                log.error("loops not beating: %s; withholding the watchdog ping", ", ".join(stale))
+            elif self._watchdog_s is not None:
+                self._notifier.watchdog()
+            if time.monotonic() >= next_health:
+                next_health += interval_s
+                capture.submit(Health(ts_wall_ns=self._now(), counters=self.counters()))
+
+    @staticmethod
+    async def _wait(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> BaseException | None:
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        for task in done:
+            if task is not stopper and not task.cancelled() and task.exception() is not None:
+                log.error("loop %s failed: %r", task.get_name(), task.exception())
+                return task.exception()
+            if task is not stopper:
+                log.error("loop %s ended unexpectedly", task.get_name())
+                return RuntimeError(f"loop {task.get_name()} ended")
+        return None
+
+
+async def _pump(records: AsyncIterator[Record], capture: Capture) -> None:
+    async for record in records:
+        capture.submit(record)
+
+
+async def _pump_frames(port: Any, decoder: Any, capture: Capture, maxsize: int) -> None:
+    """CAN frames -> decoder -> capture; drains what is queued in one go to stay cheap per frame."""
+    queue = port.listen(maxsize=maxsize)
+    try:
+        while True:
+            frame = await queue.get()
+            while frame is not None:
+                for record in decoder.feed(frame):
+                    capture.submit(record)
+                frame = queue.get_nowait()
+    finally:
+        queue.close()
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, Exception):
+            log.error("loop %s failed while stopping: %r", task.get_name(), result)
