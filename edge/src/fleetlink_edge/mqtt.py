@@ -294,7 +294,8 @@ class MqttClient:
             link.connack.set_result((reason, flags.session_present))
 
     def _on_lost(self, link: _Link, reason: ReasonCode) -> None:
-        err = UplinkError(f"connection to {self._where} lost: {reason}")
+        ended = "closed" if link.closing else "lost"
+        err = UplinkError(f"connection to {self._where} {ended}: {reason}")
         if not link.connack.done():
             link.connack.set_exception(UplinkError(f"connection closed before CONNACK: {reason}"))
         if link.connected:
