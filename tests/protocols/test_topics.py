@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import pytest
 
 from fleetlink_protocols.errors import InvalidDeviceId, InvalidTopic, ProtocolError
@@ -119,3 +122,92 @@ def test_acl_lets_a_device_write_its_six_uplinks_and_read_only_its_downlink() ->
     assert "topic write fleet/+/dn/config" in backend
     assert "topic read fleet/+/live" in backend
     assert not any(line.startswith("topic write") and "/dn/" not in line for line in backend)
+
+
+# The ACL against a real broker: a device writes only its six uplink topics and reads only its
+# own downlink. paho is used directly here (synchronously): this test needs no agent code.
+
+
+class _Client:
+    """A blocking MQTT 5 test client that records messages and PUBACK reason codes."""
+
+    def __init__(self, port: int, user: str) -> None:
+        from paho.mqtt.client import CallbackAPIVersion, Client, MQTTv5
+
+        self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.acks: dict[int, int] = {}
+        self._acked = threading.Condition()
+        self._subscribed = threading.Event()
+        self._connected = threading.Event()
+        self.client = Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=MQTTv5)
+        self.client.username_pw_set(user, PASSWORD)
+        self.client.on_connect = lambda *_: self._connected.set()
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = lambda _c, _u, m: self.received.put((m.topic, m.payload))
+        self.client.on_publish = self._on_publish
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self._connected.wait(10)
+
+    def _on_publish(self, _c: object, _u: object, mid: int, rc: object, _p: object) -> None:
+        with self._acked:
+            self.acks[mid] = int(getattr(rc, "value", 0))
+            self._acked.notify_all()
+
+    def subscribe(self, topic_filter: str) -> None:
+        self._subscribed.clear()
+        self.client.subscribe(topic_filter, qos=1)
+        assert self._subscribed.wait(10)
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        """Publish at QoS 1 and return the PUBACK reason code (0 ok, 0x87 not authorised)."""
+        mid = self.client.publish(topic, payload, qos=1).mid
+        with self._acked:
+            assert self._acked.wait_for(lambda: mid in self.acks, 10)
+            return self.acks[mid]
+
+    def next(self) -> tuple[str, bytes]:
+        return self.received.get(timeout=10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+PASSWORD = "secret"
+NOT_AUTHORIZED = 0x87
+
+
+@pytest.mark.mosquitto
+def test_generated_acl_confines_each_device_to_its_topics() -> None:
+    from tests.peers.mosquitto import Mosquitto
+
+    users = dict.fromkeys(("veh-001", "veh-002", "backend"), PASSWORD)
+    with Mosquitto(users, mosquitto_acl_entries("fleet").splitlines()) as broker:
+        backend = _Client(broker.port, "backend")
+        device = _Client(broker.port, "veh-001")
+        try:
+            backend.subscribe("fleet/#")
+            device.subscribe("fleet/#")
+            mine, other = Topics("fleet", "veh-001"), Topics("fleet", "veh-002")
+            for topic in (
+                other.live,
+                other.status,
+                mine.cmd,
+                mine.desired_config,
+                "fleet/veh-001/x",
+            ):
+                assert device.publish(topic, b"forbidden") == NOT_AUTHORIZED, topic
+            uplinks = [mine.topic(kind) for kind in UPLINK]
+            for topic in uplinks:
+                assert device.publish(topic, b"ok") == 0, topic
+            # The backend sees exactly the six allowed publishes, in order, none of the others.
+            assert [backend.next() for _ in uplinks] == [(t, b"ok") for t in uplinks]
+            # The device reads neither its own uplink nor another device's downlink.
+            assert backend.publish(other.cmd, b"not for veh-001") == 0
+            assert backend.publish(mine.cmd, b"for veh-001") == 0
+            assert device.next() == (mine.cmd, b"for veh-001")
+            assert backend.received.empty()  # the backend does not read downlink either
+        finally:
+            device.close()
+            backend.close()
