@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import can
 import cantools
 import pytest
 from hypothesis import given
@@ -32,6 +30,7 @@ from fleetlink_edge.decode.isotp import (
     st_min_s,
 )
 from fleetlink_edge.frames import CanFrame
+from fleetlink_edge.sources.replay import read_log
 
 HYUNDAI = "can/uds_isotp/css_2F6913DB_00001089_00000001-63BEF5CD.candump.log"
 LEAF = "can/uds_isotp/css_data-processing_2F6913DB_00000004_00000001.candump.log"
@@ -110,6 +109,18 @@ def test_missing_consecutive_frame_is_a_sequence_error() -> None:
     [late] = receiver.feed(bytes.fromhex("24 FF010000000000"), 0.03)
     assert isinstance(late, Rejected)
     assert isinstance(late.error, IsoTpUnexpectedFrameError)
+
+
+def test_short_consecutive_frame_is_rejected() -> None:
+    receiver = Reassembler(active=False)
+    receiver.feed(bytes.fromhex("1014 0102030405 06"), 0.0)
+    [rejected] = receiver.feed(bytes.fromhex("21 0708"), 0.01)  # not the last CF: needs 8 bytes
+    assert isinstance(rejected, Rejected)
+    assert isinstance(rejected.error, IsoTpProtocolError)
+    assert not receiver.busy
+    # The last CF may be as short as what is left (no padding).
+    receiver.feed(bytes.fromhex("1009 0102030405 06"), 0.0)
+    assert receiver.feed(bytes.fromhex("21 070809"), 0.01) == [Complete(bytes(range(1, 10)))]
 
 
 def test_new_first_frame_interrupts_transfer() -> None:
@@ -220,6 +231,15 @@ def test_sender_wait_and_overflow() -> None:
         sender.on_flow_control(encode_flow_control(FS_OVERFLOW), 0.1)
 
 
+@pytest.mark.parametrize("fc", ["33000000", "0300", "30"])
+def test_sender_rejects_malformed_flow_control(fc: str) -> None:
+    sender = Sender(bytes(20))
+    sender.poll(0.0)
+    with pytest.raises(IsoTpProtocolError):
+        sender.on_flow_control(bytes.fromhex(fc), 0.1)
+    assert sender.done
+
+
 def test_sender_ignores_unrequested_flow_control() -> None:
     sender = Sender(b"\x01\x00")
     sender.on_flow_control(encode_flow_control(), 0.0)
@@ -230,23 +250,10 @@ def test_sender_ignores_unrequested_flow_control() -> None:
 # Real captures (../shared/data/can/uds_isotp, see its README for the reference values).
 
 
-def read_frames(path: Path, channel: str | None = None) -> Iterator[CanFrame]:
-    for msg in can.LogReader(str(path)):
-        if channel is None or msg.channel == channel:
-            yield CanFrame(
-                ts_wall_ns=round(msg.timestamp * 1e9),
-                arbitration_id=msg.arbitration_id,
-                data=bytes(msg.data),
-                is_extended=msg.is_extended_id,
-                is_error=msg.is_error_frame,
-                is_remote=msg.is_remote_frame,
-                channel=msg.channel,
-            )
-
-
 def reassemble(path: Path, ids: set[int]) -> tuple[list[IsoTpMessage], CaptureReassembler]:
     capture = CaptureReassembler(ids=ids)
-    messages = [m for f in read_frames(path, "can0") if (m := capture.feed(f)) is not None]
+    frames = (f for f in read_log(path) if f.channel == "can0")  # can1: the logger's own data
+    messages = [m for f in frames if (m := capture.feed(f)) is not None]
     return messages, capture
 
 

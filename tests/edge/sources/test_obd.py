@@ -13,6 +13,7 @@ import pytest
 
 from fleetlink_edge.config import CanSettings, ObdSettings
 from fleetlink_edge.decode.isotp import encode_single
+from fleetlink_edge.errors import SourceClosed
 from fleetlink_edge.frames import CanFrame
 from fleetlink_edge.sim.ecu import EcuState, SimulatedEcu
 from fleetlink_edge.sources.can import CanPort
@@ -220,6 +221,22 @@ async def test_hostile_frames_are_counted(channel: str, port: CanPort) -> None:
     assert values(records)["Vehicle.OBD.Speed"] == 70.0
     counters = poller.counters
     assert counters["isotp_errors"] + counters["decode_errors"] + counters["unsolicited"] >= 3
+
+
+async def test_records_end_when_the_port_closes(channel: str) -> None:
+    async with ecu(channel, EcuState()):
+        async with CanPort(CanSettings(interface="virtual", channel=channel)) as port:
+            poller = ObdPoller(port, ObdSettings(**FAST))
+            stream = poller.records()
+            first = await anext(stream)
+            assert isinstance(first, SignalValue)
+        with pytest.raises(SourceClosed):
+            await asyncio.wait_for(drain(stream), 5)
+
+
+async def drain(stream: AsyncIterator[Record]) -> None:
+    async for _ in stream:
+        pass
 
 
 def test_exchange_sorts_answers_from_late_frames() -> None:

@@ -22,11 +22,16 @@ from typing import TypeAlias
 from fleetlink_edge.errors import DecodeError
 from fleetlink_edge.frames import CanFrame
 
-# ISO 15765-2 protocol control information (high nibble of byte 0).
-PCI_SINGLE = 0x0
-PCI_FIRST = 0x1
-PCI_CONSECUTIVE = 0x2
-PCI_FLOW_CONTROL = 0x3
+
+class FrameType(enum.IntEnum):
+    """ISO 15765-2 protocol control information: the high nibble of byte 0."""
+
+    SINGLE = 0x0
+    FIRST = 0x1
+    CONSECUTIVE = 0x2
+    FLOW_CONTROL = 0x3
+
+
 FS_CONTINUE = 0x0  # flow status: clear to send
 FS_WAIT = 0x1
 FS_OVERFLOW = 0x2
@@ -37,13 +42,6 @@ TIMEOUT_S = 1.0  # N_Bs and N_Cr, ISO 15765-2 table 16 (1000 ms)
 MAX_WAIT_FRAMES = 10  # N_WFTmax: how many FC.WAIT a sender tolerates before giving up
 
 
-class FrameType(enum.IntEnum):
-    SINGLE = PCI_SINGLE
-    FIRST = PCI_FIRST
-    CONSECUTIVE = PCI_CONSECUTIVE
-    FLOW_CONTROL = PCI_FLOW_CONTROL
-
-
 class IsoTpError(DecodeError):
     """An ISO-TP transfer failed; ``reason`` is the counter key callers count it under."""
 
@@ -51,38 +49,28 @@ class IsoTpError(DecodeError):
 
 
 class IsoTpProtocolError(IsoTpError):
-    """A frame that breaks ISO 15765-2: unknown PCI, impossible length, malformed FC."""
-
-    reason = "protocol_error"
+    reason = "protocol_error"  # unknown PCI, impossible length, malformed flow control
 
 
 class IsoTpSequenceError(IsoTpError):
-    """A consecutive frame with the wrong sequence number: a frame was lost or repeated."""
-
-    reason = "sequence_error"
+    reason = "sequence_error"  # a CF out of sequence: a frame was lost or repeated
 
 
 class IsoTpUnexpectedFrameError(IsoTpError):
-    """A CF with no transfer in progress, or an SF/FF that cut a transfer short."""
-
-    reason = "unexpected_frame"
+    reason = "unexpected_frame"  # a CF with no transfer, or an SF/FF cutting one short
 
 
 class IsoTpTimeoutError(IsoTpError):
-    """The next CF (N_Cr) or flow control (N_Bs) did not arrive in time."""
-
-    reason = "timeout"
+    reason = "timeout"  # no CF within N_Cr, or no flow control within N_Bs
 
 
 class IsoTpOverflowError(IsoTpError):
-    """Payload longer than the receiver accepts, or the receiver answered FC.OVFLW."""
-
-    reason = "overflow"
+    reason = "overflow"  # longer than the receiver accepts, or it answered FC.OVFLW
 
 
 def frame_type(data: bytes) -> FrameType | None:
     """The PCI type of a frame's data, or None for an empty or unknown PCI."""
-    if not data or (data[0] >> 4) > PCI_FLOW_CONTROL:
+    if not data or (data[0] >> 4) > FrameType.FLOW_CONTROL:
         return None
     return FrameType(data[0] >> 4)
 
@@ -104,7 +92,7 @@ def encode_flow_control(
     *,
     padding: int | None = PADDING,
 ) -> bytes:
-    return _pad(bytes([(PCI_FLOW_CONTROL << 4) | status, block_size, st_min]), padding)
+    return _pad(bytes([(FrameType.FLOW_CONTROL << 4) | status, block_size, st_min]), padding)
 
 
 def st_min_s(raw: int) -> float:
@@ -259,7 +247,11 @@ class Reassembler:
         if seq != transfer.next_seq:
             self._transfer = None
             raise IsoTpSequenceError(f"sequence number {seq}, expected {transfer.next_seq}")
-        transfer.buffer += data[1 : 1 + transfer.length - len(transfer.buffer)]
+        needed = min(CAN_DL - 1, transfer.length - len(transfer.buffer))
+        if len(data) - 1 < needed:  # ISO 15765-2 9.6.4: only the last CF may be short
+            self._transfer = None
+            raise IsoTpProtocolError(f"consecutive frame of {len(data)} bytes, need {needed + 1}")
+        transfer.buffer += data[1 : 1 + needed]
         transfer.next_seq = (seq + 1) & 0x0F
         transfer.last_s = now_s
         if len(transfer.buffer) >= transfer.length:
@@ -349,7 +341,7 @@ class Sender:
         self._offset = CAN_DL - 2
         self._await_flow_control(now_s)
         length = len(self._payload)
-        return bytes([(PCI_FIRST << 4) | (length >> 8), length & 0xFF]) + self._payload[:6]
+        return bytes([(FrameType.FIRST << 4) | (length >> 8), length & 0xFF]) + self._payload[:6]
 
     def _await_flow_control(self, now_s: float) -> None:
         self.state = SenderState.WAIT_FLOW_CONTROL
@@ -357,7 +349,7 @@ class Sender:
 
     def _next_consecutive(self, now_s: float) -> bytes:
         chunk = self._payload[self._offset : self._offset + CAN_DL - 1]
-        frame = _pad(bytes([(PCI_CONSECUTIVE << 4) | self._seq]) + chunk, self.padding)
+        frame = _pad(bytes([(FrameType.CONSECUTIVE << 4) | self._seq]) + chunk, self.padding)
         self._offset += len(chunk)
         self._seq = (self._seq + 1) & 0x0F
         self._block_sent += 1
@@ -378,7 +370,7 @@ class Sender:
         status = data[0] & 0x0F
         if status == FS_CONTINUE:
             self.state = SenderState.SENDING
-            self._block_size, self._block_sent = data[1], 0
+            self._block_size, self._block_sent, self._waits = data[1], 0, 0
             self._st_min_s = st_min_s(data[2])
             self._next_cf_s = now_s
             return

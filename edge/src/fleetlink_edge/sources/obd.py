@@ -25,7 +25,7 @@ from fleetlink_edge.decode.isotp import (
     SendFlowControl,
     encode_single,
 )
-from fleetlink_edge.errors import SourceError
+from fleetlink_edge.errors import SourceClosed, SourceError
 from fleetlink_edge.frames import CanFrame
 from fleetlink_protocols import obd
 from fleetlink_protocols.records import Dtc, DtcSource, Record, SignalValue
@@ -186,7 +186,10 @@ class ObdPoller:
         return [p for p in self._pids if p in supported]
 
     async def records(self) -> AsyncIterator[Record]:
-        """Discover, then poll forever, yielding SignalValue and Dtc records as they come."""
+        """Discover, then poll forever, yielding SignalValue and Dtc records as they come.
+
+        Ends with the port's SourceClosed/SourceError when the CAN port closes or fails.
+        """
         s = self._settings
         self._queue = self._port.listen(maxsize=s.queue_size, accept=is_obd_response)
         loop = asyncio.get_running_loop()
@@ -242,11 +245,7 @@ class ObdPoller:
         s = self._settings
         exchange = Exchange(payload, loop.time() + s.response_timeout_s, s, self._counters)
         self._count("requests")
-        try:
-            await self._port.send(s.request_id, encode_single(payload, padding=s.padding_byte))
-        except SourceError as exc:
-            self._count("send_errors")
-            log.warning("OBD request %s not sent: %s", payload.hex(), exc)
+        if not await self._send(s.request_id, encode_single(payload, padding=s.padding_byte)):
             return {}
         wanted = None if expect is None else frozenset(expect)
         while wanted is None or not wanted <= exchange.answers.keys():
@@ -258,10 +257,21 @@ class ObdPoller:
             except TimeoutError:
                 break
             for can_id, data in exchange.feed(frame, loop.time()):
-                await self._port.send(can_id, data)
+                await self._send(can_id, data)  # flow control; if lost, the ECU times out
         if not exchange.answers or (wanted is not None and not wanted <= exchange.answers.keys()):
             self._count("timeouts")
         return exchange.answers
+
+    async def _send(self, can_id: int, data: bytes) -> bool:
+        try:
+            await self._port.send(can_id, data)
+        except SourceClosed:
+            raise  # the port is gone: this source ends too
+        except SourceError as exc:
+            self._count("send_errors")
+            log.warning("OBD frame %#x %s not sent: %s", can_id, data.hex(), exc)
+            return False
+        return True
 
     @staticmethod
     def _positives(answers: dict[int, EcuAnswer]) -> list[tuple[EcuAnswer, bytes]]:
