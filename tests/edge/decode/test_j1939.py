@@ -15,7 +15,7 @@ from fleetlink_edge.config import J1939Settings
 from fleetlink_edge.decode.j1939 import J1939Decoder, parse_id
 from fleetlink_edge.frames import CanFrame
 from fleetlink_edge.sources.replay import read_log
-from fleetlink_protocols.records import Dtc, DtcSource, SignalValue
+from fleetlink_protocols.records import Dtc, DtcSource, SignalScalar, SignalValue
 
 IDLE = "can/j1939/css_matlab-basics_11111111_00000012_00000001.candump.log"
 ENGINE_OFF = "can/j1939/css_data-processing_FCBF0606_00003482_00000001-60B621D9.candump.log"
@@ -56,9 +56,9 @@ def idle_frames(shared_data: Path) -> list[CanFrame]:
 
 def _values(
     frames: Iterable[CanFrame], *, changes_only: bool = True
-) -> tuple[dict[str, list[object]], list[Dtc], J1939Decoder]:
+) -> tuple[dict[str, list[SignalScalar]], list[Dtc], J1939Decoder]:
     decoder = J1939Decoder(changes_only=changes_only)
-    values: dict[str, list[object]] = defaultdict(list)
+    values: dict[str, list[SignalScalar]] = defaultdict(list)
     dtcs: list[Dtc] = []
     for frame in frames:
         for r in decoder.feed(frame):
