@@ -85,7 +85,7 @@ class ObdSettings(_Section):
 
 class J1939Settings(_Section):
     enabled: bool = False
-    # J1939-21 5.10.2.4: T1 = 750 ms between TP.DT packets, T2 = 1250 ms after a CTS.
+    # J1939-21 transport timeout T1: at most 750 ms between two TP.DT packets.
     session_timeout_s: Annotated[float, Field(gt=0)] = 0.75
     # Concurrent transport sessions (one per sender and kind); more are rejected and counted.
     max_sessions: Annotated[int, Field(gt=0, le=1024)] = 32
