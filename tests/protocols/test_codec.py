@@ -302,3 +302,26 @@ def test_corrupted_batches_raise_only_protocol_errors(batch: Batch, data: st.Dat
     cut = data.draw(st.integers(0, len(payload)))
     with contextlib.suppress(ProtocolError):
         decode_batch(bytes(payload[:cut]) if data.draw(st.booleans()) else bytes(payload))
+
+
+@pytest.mark.parametrize(
+    ("index", "field", "value"),
+    [(0, 1, 1), (1, 1, 0), (1, 1, -1), (1, 1, 2**64 - 1), (0, 2, 1.5), (0, 0, "1")],
+)
+def test_broken_entry_headers_reject_the_whole_batch(index: int, field: int, value: object) -> None:
+    batch = Batch("veh-001", 7, (Entry(5, RECORDS[3]), Entry(6, RECORDS[4])))
+    top = _envelope(encode_batch(batch))
+    rows = top[7]
+    assert isinstance(rows, list)
+    rows[index][field] = value
+    with pytest.raises(MalformedPayload):
+        decode_batch(msgpack.packb(top))
+
+
+def test_a_huge_record_type_is_just_unknown() -> None:
+    top = _envelope(encode_batch(Batch("veh-001", 7, (Entry(5, RECORDS[3]),))))
+    rows = top[7]
+    assert isinstance(rows, list)
+    rows[0][0] = 2**64 - 1
+    decoded = decode_batch(msgpack.packb(top))
+    assert [(r.seq, r.kind) for r in decoded.rejected] == [(5, "UnknownRecordType")]

@@ -205,11 +205,13 @@ def decode_batch(payload: bytes, aliases: AliasTable | None = None) -> DecodedBa
     rejected: list[Rejection] = []
     for index, raw in enumerate(rows):
         row = p.array(raw, "entry", 3)
-        rtype = p.integer(row[0], "record type")
-        # The first entry carries first_seq itself; later ones strictly ascend.
-        seq_delta = p.integer(row[1], "seq delta", min(index, 1), p.INT63_MAX if index else 0)
-        seq = p.integer(seq + seq_delta, "seq", 0, last_seq)
-        ts_ms += p.integer(row[2], "ts delta")
+        rtype = p.integer(row[0], "record type", -(2**64), 2**64)  # unknown tags: rejected below
+        seq_delta = p.integer(row[1], "seq delta", -(2**64), 2**64)
+        seq += seq_delta
+        # The first entry carries first_seq itself; later ones strictly ascend up to last_seq.
+        if seq_delta < min(index, 1) or (index == 0 and seq_delta) or seq > last_seq:
+            raise MalformedPayload(f"batch: entry {index} has seq {seq} (delta {seq_delta})")
+        ts_ms += p.integer(row[2], "ts delta", -(2**64), 2**64)
         try:
             ts = p.integer(ts_ms, "ts_ms", 0, MAX_TS_MS)
             good.append(Entry(seq, decode_body(rtype, ts * 1_000_000, row, 3, chain, resolve)))
