@@ -225,3 +225,17 @@ async def test_unavailable_interface_is_a_source_error() -> None:
     with pytest.raises(SourceError, match="cannot open CAN socketcan can99"):
         async with CanPort(settings):
             pass
+
+
+# The Notifier's receive thread re-raises after reporting the error to the loop; Python then
+# prints it through threading.excepthook, which pytest turns into this warning.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_a_vanished_bus_ends_every_queue_with_a_source_error(channel: str) -> None:
+    bus = can.Bus(interface="virtual", channel=channel)
+    async with CanPort(_settings(channel), bus=bus) as port:
+        q = port.listen(maxsize=10)
+        waiting = asyncio.create_task(q.get())
+        bus.shutdown()  # what an unplugged USB adapter looks like to the receive thread
+        with pytest.raises(SourceError, match="receive failed"):
+            await asyncio.wait_for(waiting, timeout=10)
+        assert port.counters["bus_errors"] == 1
