@@ -226,10 +226,10 @@ def test_missing_tls_files_are_a_config_error(tmp_path: Path) -> None:
         MqttClient(settings(1883, tls=tls), "veh001")
 
 
-async def test_refusal_is_logged_with_user(
+async def test_connect_is_logged_with_protocol(
     broker: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "fleetlink_edge.mqtt")
     async with MqttClient(settings(broker.port), "veh001") as dev:
         assert dev.is_connected
-    assert any("connected to" in r.getMessage() for r in caplog.records)
+    assert any("(MQTT 5, session present" in r.getMessage() for r in caplog.records)

@@ -16,11 +16,11 @@ from fleetlink_edge.mqtt import Message, MqttClient
 from fleetlink_edge.outbox import Lane, Outbox, Stored
 from fleetlink_edge.sim.route import Drive
 from fleetlink_edge.uplink import LaneTimer, Uplink, split_to_fit
-from fleetlink_protocols.codec import DecodedBatch, decode_batch, quantize
+from fleetlink_protocols.codec import Batch, DecodedBatch, decode_batch, encode_batch, quantize
 from fleetlink_protocols.errors import InvalidValue
 from fleetlink_protocols.limits import MAX_PAYLOAD_BYTES, MAX_TEXT_LEN
 from fleetlink_protocols.messages import Birth, Death, decode_status
-from fleetlink_protocols.records import Event, Position, Record, SignalValue
+from fleetlink_protocols.records import Entry, Event, Position, Record, SignalValue
 from fleetlink_protocols.topics import TopicKind, Topics, mosquitto_acl_entries
 from tests.peers.mosquitto import Mosquitto, MqttProxy
 
@@ -49,9 +49,6 @@ def stored(records: Sequence[Record]) -> list[Stored]:
 
 
 def real_encoder(items: Sequence[Stored]) -> bytes:
-    from fleetlink_protocols.codec import Batch, encode_batch
-    from fleetlink_protocols.records import Entry
-
     return encode_batch(Batch(DEVICE, BOOT, tuple(Entry(s.seq, s.record) for s in items)))
 
 

@@ -46,9 +46,11 @@ Protocol = Literal["5", "3.1.1"]
 # paho maps MQTT 3.1.1 return codes 2, 4, 5 to 0x85, 0x86, 0x87). Retrying will not help until an
 # operator fixes credentials or ACLs, so these raise BrokerRefused; other failures are transient.
 REFUSED_CODES = {0x85, 0x86, 0x87, 0x8A, 0x8C}
-UNSUPPORTED_PROTOCOL = 0x84  # MQTT 5 §3.2.2.2; paho reports a 3.1.1 broker's return code 1 so
 # Mosquitto answers a wrong password with 0x87 "Not authorized", so both read as credentials.
 REFUSED_NAMES = {0x85: "client id", 0x86: "credentials", 0x87: "credentials", 0x8A: "device"}
+# "Unsupported protocol version" (MQTT 5 §3.2.2.2); paho also reports a 3.1.1 broker's CONNACK
+# return code 1 (MQTT 3.1.1 §3.2.2.3) as this.
+UNSUPPORTED_PROTOCOL = 0x84
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,22 +246,16 @@ class MqttClient:
 
     def _new_paho(self, protocol: Protocol) -> paho.Client:
         s = self._settings
-        if protocol == "5":
-            client = paho.Client(
-                CallbackAPIVersion.VERSION2,
-                self._client_id,
-                protocol=paho.MQTTv5,
-                reconnect_on_failure=False,
-            )
-        else:
-            # clean_session False: the broker keeps our subscriptions and queued QoS 1 messages.
-            client = paho.Client(
-                CallbackAPIVersion.VERSION2,
-                self._client_id,
-                clean_session=False,
-                protocol=paho.MQTTv311,
-                reconnect_on_failure=False,
-            )
+        # MQTT 3.1.1 persistent session: clean_session False (MQTT 5 sets it in CONNECT).
+        version: dict[str, Any] = (
+            {"protocol": paho.MQTTv5}
+            if protocol == "5"
+            else {"protocol": paho.MQTTv311, "clean_session": False}
+        )
+        # reconnect_on_failure False: reconnects are ours, with backoff and a fresh link.
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, self._client_id, reconnect_on_failure=False, **version
+        )
         client.connect_timeout = s.connect_timeout_s
         client.enable_logger(_paho_log)
         if s.username is not None:
@@ -308,22 +304,17 @@ class MqttClient:
             link.lost.set_result(err)
         for fut in link.acks.values():
             if not fut.done():
-                fut.set_exception(err)
+                fut.set_exception(UplinkError(str(err)))  # one instance per waiter
 
     def _on_ack(self, link: _Link, mid: int, reasons: list[ReasonCode]) -> None:
         fut = link.acks.get(mid)
         if fut is None or fut.done():
             return
-        failed = [r for r in reasons if r.is_failure]
-        if failed:
-            fut.set_exception(
-                PublishRejected(
-                    f"broker rejected message {mid}: {failed[0]} "
-                    f"(reason code 0x{failed[0].value:02X})"
-                )
-            )
-        else:
+        bad = next((r for r in reasons if r.is_failure), None)
+        if bad is None:
             fut.set_result(None)
+        else:
+            fut.set_exception(PublishRejected(f"{bad} (reason code 0x{bad.value:02X}, mid {mid})"))
 
     def _on_message(self, link: _Link, msg: paho.MQTTMessage) -> None:
         try:

@@ -141,7 +141,7 @@ class Uplink:
                 self.counters.backoff_s = delay
                 log.info("reconnecting to the broker in %.1f s", delay)
                 await asyncio.sleep(delay)
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or the outbox failed: leave the broker cleanly
             await self._shutdown()
             raise
 
@@ -223,7 +223,7 @@ class Uplink:
         return free
 
     async def _start_batch(self, lane: Lane) -> bool:
-        items = await self._outbox.take(lane, self._batch_max)
+        items = await self._take(lane)
         if not items:
             return False
         self._timer.sent(lane)
@@ -237,6 +237,18 @@ class Uplink:
             task = asyncio.create_task(self._send(topic, part, payload), name=f"uplink-{lane}")
             self._inflight[task] = lane
         return True
+
+    async def _take(self, lane: Lane) -> list[Stored]:
+        # take() finishes even when we are cancelled meanwhile; its records, then marked in
+        # flight, must go back to pending rather than wait for the next start of the agent.
+        taking = asyncio.ensure_future(self._outbox.take(lane, self._batch_max))
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:
+            await asyncio.wait([taking])
+            if not taking.cancelled() and taking.exception() is None:
+                await self._outbox.release([s.id for s in taking.result()])
+            raise
 
     def _encoder(self, boot_id: int) -> Encoder:
         def encode(items: Sequence[Stored]) -> bytes:
