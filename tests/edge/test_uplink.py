@@ -432,6 +432,32 @@ async def test_oversized_backlog_is_split_under_the_payload_limit(
     assert max(sizes) <= MAX_PAYLOAD_BYTES
 
 
+@pytest.mark.mosquitto
+async def test_downlink_subscription_survives_reconnects(broker: Mosquitto, outbox: Outbox) -> None:
+    uplink = Uplink(
+        uplink_settings(broker.port), DEVICE, outbox, birth(), subscribe=[TOPICS.downlink_filter]
+    )
+    backend = MqttClient(uplink_settings(broker.port, "backend"), "backend-commands")
+    async with running(uplink), backend:
+        await until(lambda: uplink.counters.connects == 1)
+        await backend.publish(TOPICS.cmd, b"command 1")
+        await asyncio.to_thread(broker.restart)  # the session (and subscription) is persisted
+        await until(lambda: uplink.counters.connects == 2)
+        await backend.connect()
+        await backend.publish(TOPICS.cmd, b"command 2")
+        async with asyncio.timeout(WAIT_S):
+            got = [m async for m in _first(uplink.client.messages(), 2)]
+    assert [(m.topic, m.payload) for m in got] == [
+        (TOPICS.cmd, b"command 1"),
+        (TOPICS.cmd, b"command 2"),
+    ]
+
+
+async def _first(messages: AsyncIterator[Message], n: int) -> AsyncIterator[Message]:
+    for _ in range(n):
+        yield await anext(messages)
+
+
 def test_birth_of_another_device_is_refused(tmp_path: Path) -> None:
     outbox = Outbox(OutboxSettings(path=tmp_path / "o.sqlite3"), boot_id=BOOT)
     with pytest.raises(ValueError, match="veh002"):

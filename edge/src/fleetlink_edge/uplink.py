@@ -109,8 +109,10 @@ class Uplink:
         outbox: Outbox,
         birth: Birth,
         *,
+        subscribe: Sequence[str] = (),
         random_source: Callable[[], float] = random.random,
     ) -> None:
+        """``subscribe``: downlink topic filters, read from ``client.messages()`` (QoS 1)."""
         if birth.device_id != device_id:
             raise ValueError(f"birth is for {birth.device_id!r}, not {device_id!r}")
         self._settings = settings
@@ -120,6 +122,7 @@ class Uplink:
         self._birth = encode_birth(birth)
         self._death = encode_death(device_id, birth.boot_id)
         self._aliases = birth.aliases
+        self._subscriptions = tuple(subscribe)
         self.topics = Topics(settings.topic_prefix, device_id)
         will_spec = TOPIC_SPECS[TopicKind.STATUS]
         will = Message(self.topics.status, self._death, will_spec.qos, will_spec.retain)
@@ -148,7 +151,10 @@ class Uplink:
     async def _session(self) -> bool:
         """One connection's life; returns whether it worked well enough to reset the backoff."""
         try:
-            await self.client.connect()
+            info = await self.client.connect()
+            if not info.session_present:  # the broker forgot us (new, expired or wiped)
+                for topic_filter in self._subscriptions:
+                    await self.client.subscribe(topic_filter, qos=1)
         except BrokerRefused as exc:
             self.counters.broker_refused += 1
             log.error("%s; check the device's credentials and the broker ACL", exc)
