@@ -49,7 +49,7 @@ def test_j1939_log_prints_signals_and_every_dm1(
     }  # fmt: skip
     assert sample["spn_name"] == "Engine PTO Governor Enable Switch"
     assert sample["fmi_text"] == "Abnormal update rate"
-    coolant = {r["value"] for r in rows if r["name"].endswith(".ECT")}
+    coolant = {r["value"] for r in rows if r["name"].endswith(".EngineCoolant.Temperature")}
     assert coolant == {71.0, 72.0}
     assert {r["value"] for r in rows if r["name"] == "Vehicle.Speed"} == {0.0}
 

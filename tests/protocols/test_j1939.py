@@ -39,10 +39,10 @@ def test_engine_speed_from_a_real_eec1_frame() -> None:
         (j1939.PGN_ET1, 110, "7E57202EFFFFFFFF", 86.0),  # 126 - 40 degC
         (j1939.PGN_HOURS, 247, "20110000FFFFFFFF", 219.2),  # 4384 x 0.05 h
         (j1939.PGN_LFE, 183, "3700FFFFFFFFFFFF", 2.75),  # 55 x 0.05 l/h, no float noise
-        (j1939.PGN_VD, 245, "FFFFFFFF47B00100", 13832.875),  # 110663 x 0.125 km
+        (j1939.PGN_VD, 245, "FFFFFFFF47B00100", 13832875.0),  # 110663 x 125 m
         (j1939.PGN_CCVS, 84, "FF8012FFFFFFFFFF", 18.5),  # 0x1280 / 256 km/h
         (j1939.PGN_DD, 96, "FFBBFFFFFFFFFFFF", 74.8),  # 187 x 0.4 %
-        (j1939.PGN_VDHR, 917, "40420F00FFFFFFFF", 5000.0),  # 1,000,000 x 5 m
+        (j1939.PGN_VDHR, 917, "40420F00FFFFFFFF", 5000000.0),  # 1,000,000 x 5 m
     ],
 )
 def test_signal_scaling(pgn: int, number: int, data: str, expected: float) -> None:

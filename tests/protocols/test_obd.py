@@ -50,7 +50,7 @@ from fleetlink_protocols.obd import (
         ("21 000A", "Vehicle.OBD.DistanceWithMIL", 10.0),
         ("2F 80", "Vehicle.OBD.FuelLevel", 128 * 100 / 255),
         ("5E 01F4", "Vehicle.OBD.FuelRate", 25.0),  # 500 / 20
-        ("A6 0001E240", "Vehicle.TraveledDistance", 12345.6),  # 123456 / 10
+        ("A6 0001E240", "Vehicle.TraveledDistance", 12345600.0),  # 123456 x 0.1 km, in m
     ],
 )
 def test_mode01_vectors(hex_data: str, path: str, value: float) -> None:

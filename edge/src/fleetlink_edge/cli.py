@@ -48,7 +48,11 @@ def _cmd_decode_can(args: argparse.Namespace) -> int:
         if p is not None and not p.is_file():
             print(f"fleetlink-edge: no such file: {p}", file=sys.stderr)
             return 2
-    return _print_json_lines(decoded_lines(path, args.dbc))
+    try:
+        return _print_json_lines(decoded_lines(path, args.dbc))
+    except EdgeError as exc:  # unknown log format, MF4 without asammdf, a DBC that won't load
+        print(f"fleetlink-edge: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:

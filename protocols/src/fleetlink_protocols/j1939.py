@@ -116,24 +116,24 @@ _SIGNAL_SPNS: tuple[SpnDef, ...] = (
     SpnDef(84, "Wheel-Based Vehicle Speed", PGN_CCVS, 2, 16, 1 / 256, 0.0, "km/h",
            "Vehicle.Speed", 8),
     # SPN 110 Engine Coolant Temperature: ET1 byte 1, 1 degC/bit, -40 degC offset.
-    SpnDef(110, "Engine Coolant Temperature", PGN_ET1, 1, 8, 1.0, -40.0, "celsius",
-           "Vehicle.Powertrain.CombustionEngine.ECT", 0),
+    SpnDef(110, "Engine Coolant Temperature", PGN_ET1, 1, 8, 1.0, -40.0, "Celsius",
+           "Vehicle.Powertrain.CombustionEngine.EngineCoolant.Temperature", 0),
     # SPN 183 Engine Fuel Rate: LFE bytes 1-2, 0.05 L/h per bit.
     SpnDef(183, "Engine Fuel Rate", PGN_LFE, 1, 16, 0.05, 0.0, "l/h",
-           "Vehicle.OBD.FuelRate", 2),
+           "Fleetlink.Powertrain.FuelRate", 2),
     # SPN 96 Fuel Level 1: DD byte 2, 0.4 %/bit.
     SpnDef(96, "Fuel Level 1", PGN_DD, 2, 8, 0.4, 0.0, "percent",
            "Vehicle.Powertrain.FuelSystem.RelativeLevel", 1),
     # SPN 247 Engine Total Hours of Operation: HOURS bytes 1-4, 0.05 h/bit.
     SpnDef(247, "Engine Total Hours of Operation", PGN_HOURS, 1, 32, 0.05, 0.0, "h",
            "Vehicle.Powertrain.CombustionEngine.EngineHours", 2),
-    # SPN 917 High Resolution Total Vehicle Distance: VDHR bytes 1-4, 5 m/bit (in km here).
-    SpnDef(917, "High Resolution Total Vehicle Distance", PGN_VDHR, 1, 32, 0.005, 0.0, "km",
-           "Vehicle.TraveledDistance", 3),
-    # SPN 245 Total Vehicle Distance: VD bytes 5-8, 0.125 km/bit. Older ECUs send only this;
+    # SPN 917 High Resolution Total Vehicle Distance: VDHR bytes 1-4, 5 m/bit (VSS 6.0: metres).
+    SpnDef(917, "High Resolution Total Vehicle Distance", PGN_VDHR, 1, 32, 5.0, 0.0, "m",
+           "Vehicle.TraveledDistance", 0),
+    # SPN 245 Total Vehicle Distance: VD bytes 5-8, 0.125 km/bit = 125 m. Older ECUs send only this;
     # where VDHR is also sent both feed the odometer, which agree to within 0.125 km.
-    SpnDef(245, "Total Vehicle Distance", PGN_VD, 5, 32, 0.125, 0.0, "km",
-           "Vehicle.TraveledDistance", 3),
+    SpnDef(245, "Total Vehicle Distance", PGN_VD, 5, 32, 125.0, 0.0, "m",
+           "Vehicle.TraveledDistance", 0),
 )  # fmt: skip
 
 SIGNAL_SPNS: MappingProxyType[int, tuple[SpnDef, ...]] = MappingProxyType(

@@ -79,8 +79,8 @@ PIDS: dict[int, PidSpec] = {
         PidSpec(0x21, "distance travelled with MIL on", "Vehicle.OBD.DistanceWithMIL", 2),
         PidSpec(0x2F, "fuel tank level input", "Vehicle.OBD.FuelLevel", 1, _PCT),
         PidSpec(0x5E, "engine fuel rate", "Vehicle.OBD.FuelRate", 2, 0.05),
-        # No Vehicle.OBD.* odometer exists in the catalog; PID A6 is the vehicle's odometer.
-        PidSpec(0xA6, "odometer", "Vehicle.TraveledDistance", 4, 0.1),
+        # No Vehicle.OBD.* odometer exists; PID A6 (0.1 km/bit) is reported in VSS 6.0 metres.
+        PidSpec(0xA6, "odometer", "Vehicle.TraveledDistance", 4, 100.0),
     )
 }
 

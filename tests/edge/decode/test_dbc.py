@@ -22,7 +22,7 @@ ENGINE_OFF = "can/j1939/css_data-processing_FCBF0606_00003482_00000001-60B621D9.
 CAR_MAPPING = {
     "EMS11.N": "Vehicle.Powertrain.CombustionEngine.Speed",
     "EMS11.VS": "Vehicle.Speed",
-    "EMS12.TEMP_ENG": "Vehicle.Powertrain.CombustionEngine.ECT",
+    "EMS12.TEMP_ENG": "Vehicle.Powertrain.CombustionEngine.EngineCoolant.Temperature",
 }
 
 # A small DBC written for the cases real files do not show: a multiplexed message, a value
@@ -76,7 +76,7 @@ def test_passenger_car_matches_the_reference_ranges(shared_data: Path) -> None:
     assert len(rpm) == 1036  # one per EMS11 frame
     assert (min(rpm), max(rpm)) == (723.0, 3784.0)
     assert (min(values["Vehicle.Speed"]), max(values["Vehicle.Speed"])) == (0.0, 64.0)
-    ect = values["Vehicle.Powertrain.CombustionEngine.ECT"]
+    ect = values["Vehicle.Powertrain.CombustionEngine.EngineCoolant.Temperature"]
     assert (min(ect), max(ect)) == (84.0, 87.75)
     c = decoder.counters
     assert (c["frames"], c["matched"], c["short_frames"], c["decode_errors"]) == (7583, 1223, 0, 0)

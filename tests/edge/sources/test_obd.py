@@ -84,7 +84,7 @@ async def test_discovers_and_polls_only_supported_pids(channel: str, port: CanPo
         "Vehicle.OBD.CoolantTemperature": 83.0,
         "Vehicle.OBD.EngineSpeed": 1726.0,
         "Vehicle.OBD.Speed": 50.0,
-        "Vehicle.TraveledDistance": pytest.approx(12345.6),
+        "Vehicle.TraveledDistance": pytest.approx(12345600.0),
     }
     assert all(before_ns <= r.ts_wall_ns <= time.time_ns() for r in records)
     assert sim.counters["silent"] == 0  # never asked for anything the ECU does not support

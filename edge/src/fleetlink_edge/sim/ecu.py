@@ -50,7 +50,7 @@ _PID_FIELDS = {
     0x21: "distance_with_mil_km",
     0x2F: "fuel_level_pct",
     0x5E: "fuel_rate_lph",
-    0xA6: "odometer_km",
+    0xA6: "odometer_m",
 }
 
 
@@ -81,6 +81,10 @@ class EcuState:
         self.engine_load_pct = min(90.0, 18.0 + self.speed_kmh * 0.6)
         self.throttle_pct = min(80.0, 11.0 + self.speed_kmh * 0.4)
         self.fuel_rate_lph = 0.8 + self.speed_kmh * 0.08
+
+    @property
+    def odometer_m(self) -> float:
+        return self.odometer_km * 1000.0
 
     def value(self, pid: int) -> float:
         return float(getattr(self, _PID_FIELDS[pid]))
