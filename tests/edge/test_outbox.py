@@ -333,8 +333,11 @@ async def test_records_in_flight_are_never_evicted(tmp_path: Path) -> None:
         for _ in range(20):  # newer records make way: those in flight are the uplink's
             await outbox.append([pos(j) for j in range(100)])
         assert outbox.counters["evicted_total"] > before + 1000
-        with pytest.raises(OutboxError, match="full"):  # larger than all that can be evicted
-            await outbox.append([pos(j) for j in range(20_000)])
+        taken += [s for lane in Lane for s in await outbox.take(lane, 100_000)]
+        with pytest.raises(OutboxError, match="nothing can be evicted"):
+            await outbox.append([pos(j) for j in range(2000)])
+        with pytest.raises(OutboxError, match="exceed max_bytes"):  # would never fit
+            await outbox.append([pos(j) for j in range(30_000)])
         assert on_disk(settings.path) <= settings.max_bytes
         await outbox.ack([s.id for s in taken])
         assert outbox.counters["acked"] == len(taken)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import math
 import os
@@ -78,7 +79,6 @@ _IN_CHUNK = 500  # ids per "IN (...)", far below SQLITE_MAX_VARIABLE_NUMBER
 _DISK_EVERY = 50  # appends between two bytes_on_disk refreshes
 _EVENTS = int(Priority.EVENT)  # priorities from here up travel on the EVENTS lane
 _KEYED = (int(RecordType.POSITION), int(RecordType.SIGNAL))  # newest one per key goes LIVE
-_STATE = tuple(p for p in Priority if p < _EVENTS)  # LIVE and HISTORY lanes
 _ALL = ",".join(str(int(p)) for p in Priority)
 _MAX_ID = (1 << 63) - 1
 _TYPE_NAMES = {int(t): t.name.lower() for t in RecordType}
@@ -324,7 +324,11 @@ class Outbox:
     async def _commit_with_room(self, batch: _Batch) -> None:
         """Insert the batch, evicting first (in transactions of their own) to make room."""
         need, budget = self._budget.pages_for(batch.nbytes), self._budget
-        for attempt in range(1_000_000):
+        if need > budget.max_pages:
+            raise OutboxError(
+                f"outbox full: {len(batch.rows)} records ({batch.nbytes} bytes) exceed max_bytes"
+            )
+        for attempt in itertools.count():
             if self._room_pages < need:
                 self._room_pages = budget.max_pages - await self._used_pages()
             if self._room_pages < need or attempt:
