@@ -20,19 +20,19 @@ class ProtocolError(Exception):
     """Base of every error raised by fleetlink_protocols on purpose."""
 
 
-class MalformedPayload(ProtocolError):  # noqa: N818
+class MalformedPayload(ProtocolError):
     pass
 
 
-class UnsupportedVersion(ProtocolError):  # noqa: N818
+class UnsupportedVersion(ProtocolError):
     pass
 
 
-class PayloadTooLarge(ProtocolError):  # noqa: N818
+class PayloadTooLarge(ProtocolError):
     pass
 
 
-class InvalidValue(ProtocolError):  # noqa: N818
+class InvalidValue(ProtocolError):
     pass
 
 
@@ -40,13 +40,13 @@ class InvalidDeviceId(InvalidValue):
     pass
 
 
-class UnknownRecordType(ProtocolError):  # noqa: N818
+class UnknownRecordType(ProtocolError):
     pass
 
 
-class UnknownSignalAlias(ProtocolError):  # noqa: N818
+class UnknownSignalAlias(ProtocolError):
     pass
 
 
-class InvalidTopic(ProtocolError):  # noqa: N818
+class InvalidTopic(ProtocolError):
     pass

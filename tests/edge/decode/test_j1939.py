@@ -91,7 +91,10 @@ def test_idle_engine_log_matches_the_reference_values(idle_frames: list[CanFrame
     assert len(rpm) == 12719  # every EEC1 frame
     assert (min(rpm), max(rpm)) == (646.5, 653.75)
     assert set(values["Vehicle.Speed"]) == {0.0}
-    assert set(values["Vehicle.Powertrain.CombustionEngine.EngineCoolant.Temperature"]) == {71.0, 72.0}
+    assert set(values["Vehicle.Powertrain.CombustionEngine.EngineCoolant.Temperature"]) == {
+        71.0,
+        72.0,
+    }
     assert set(values["Vehicle.TraveledDistance"]) == {13832875.0}  # VD, SPN 245
     assert set(values["Vehicle.Powertrain.FuelSystem.RelativeLevel"]) == {74.8}
     assert all(2.45 <= float(v) <= 2.85 for v in values["Fleetlink.Powertrain.FuelRate"])
@@ -116,7 +119,10 @@ def test_every_dm1_is_reported_without_changes_only(idle_frames: list[CanFrame])
 def test_engine_off_log_with_many_senders_and_a_vin(shared_data: Path) -> None:
     values, dtcs, decoder = _values(read_log(shared_data / ENGINE_OFF))
     assert set(values["Vehicle.Powertrain.CombustionEngine.Speed"]) == {0.0}
-    assert set(values["Vehicle.Powertrain.CombustionEngine.EngineCoolant.Temperature"]) == {85.0, 86.0}
+    assert set(values["Vehicle.Powertrain.CombustionEngine.EngineCoolant.Temperature"]) == {
+        85.0,
+        86.0,
+    }
     assert len(values["Vehicle.Speed"]) == 184  # CCVS comes from SA 0x47, not the engine
     assert set(values["Vehicle.Speed"]) == {0.0}
     assert set(values["Vehicle.Powertrain.CombustionEngine.EngineHours"]) == {219.2}
