@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from fleetlink_protocols.records import (
     SignalValue,
     record_type,
 )
+from tests.edge.outbox_writer import record_for
 
 S = 1_000_000_000
 T0 = 1_750_000_000 * S
@@ -345,3 +347,71 @@ async def test_records_in_flight_are_never_evicted(tmp_path: Path) -> None:
         await outbox.mark_live_boundary()
         last = await outbox.take(Lane.LIVE, 10)
         assert [s.seq for s in last] == [outbox.counters["appended"] - 1]
+
+
+@pytest.mark.parametrize("max_bytes", [64 << 20, 1 << 20])
+async def test_random_operations_keep_counts_and_contents(tmp_path: Path, max_bytes: int) -> None:
+    """Appends, takes, acks, releases, boundaries and restarts in random order (fixed seed)."""
+    settings = OutboxSettings(path=tmp_path / "outbox.sqlite3", max_bytes=max_bytes)
+    rng, boot, appended = random.Random(max_bytes), 1, 0
+    delivered: set[tuple[int, int]] = set()
+    outbox = await Outbox(settings, boot_id=boot).__aenter__()
+    inflight: dict[int, Stored] = {}
+    try:
+        for _ in range(600):
+            op = rng.random()
+            if op < 0.45:
+                first, n = outbox.next_seq, rng.randint(1, 30 if max_bytes > 1 << 20 else 300)
+                await outbox.append([record_for(boot, first + i) for i in range(n)])
+                appended += n
+            elif op < 0.7:
+                lane = rng.choice(list(Lane))
+                batch = await outbox.take(lane, rng.randint(1, 50))
+                assert len({s.boot_id for s in batch}) <= 1
+                assert [s.seq for s in batch] == sorted(s.seq for s in batch)
+                for s in batch:
+                    assert s.id not in inflight
+                    assert s.record == quantize(record_for(s.boot_id, s.seq))
+                    assert (lane is Lane.EVENTS) == isinstance(s.record, Event | Dtc)
+                    inflight[s.id] = s
+            elif op < 0.85 and inflight:
+                ids = rng.sample(sorted(inflight), rng.randint(1, len(inflight)))
+                if rng.random() < 0.7:
+                    await outbox.ack(ids)
+                    delivered.update((inflight[i].boot_id, inflight[i].seq) for i in ids)
+                else:
+                    await outbox.release(ids)
+                for i in ids:
+                    del inflight[i]
+            elif op < 0.95:
+                await outbox.mark_live_boundary()
+            else:  # restart; sometimes a reboot
+                await outbox.__aexit__(None, None, None)
+                boot += rng.random() < 0.5
+                outbox = await Outbox(settings, boot_id=boot).__aenter__()
+                inflight.clear()
+            lanes = [await outbox.pending_count(lane) for lane in Lane]
+            assert sum(lanes) == await outbox.pending_count() >= 0
+            assert min(lanes) >= 0
+            assert outbox.counters["in_flight"] == len(inflight)
+        await outbox.release(list(inflight))
+        expected = {lane: await outbox.pending_count(lane) for lane in Lane}
+        for lane in Lane:
+            got = await drain(outbox, lane)
+            assert len(got) == expected[lane]
+            delivered.update((s.boot_id, s.seq) for s in got)
+        evicted = outbox.counters["evicted_total"]
+    finally:
+        await outbox.__aexit__(None, None, None)
+    assert len(delivered) + evicted == appended
+    assert (evicted > 0) == (max_bytes == 1 << 20)
+
+
+async def test_unusable_path_is_a_clear_outbox_error(tmp_path: Path) -> None:
+    (tmp_path / "plain-file").write_text("not a directory")
+    settings = OutboxSettings(path=tmp_path / "plain-file" / "outbox.sqlite3")
+    with pytest.raises(OutboxError, match="cannot open outbox"):
+        async with Outbox(settings, boot_id=1):
+            pass
+    with pytest.raises(OutboxError, match="not open"):
+        await Outbox(settings, boot_id=1).append([sig(0)])

@@ -30,7 +30,6 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar, cast
 
 import aiosqlite
@@ -193,12 +192,7 @@ class Outbox:
             self.counters["corrupt_recovered"] = 1
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         async with self._lock:
             await self._close()
 
@@ -465,7 +459,8 @@ class Outbox:
     async def take(self, lane: Lane, limit: int) -> list[Stored]:
         """Up to ``limit`` pending records of ``lane``: ONE boot_id, ascending seq.
 
-        They are in flight until ack() or release(), and stay on disk meanwhile.
+        They are in flight until ack() or release(), and stay on disk meanwhile. A take whose
+        caller is cancelled still completes: its entries are in flight, release them.
         """
         return await _shielded(self._take(lane, limit)) if limit > 0 else []
 
