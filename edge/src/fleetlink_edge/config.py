@@ -7,6 +7,7 @@ component receives its own sub-model.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -35,12 +36,18 @@ class SerialGnssSettings(_Section):
     port: str = "/dev/ttyACM0"
     baudrate: Annotated[int, Field(gt=0)] = 9600
     reopen_delay_s: Annotated[float, Field(gt=0)] = 1.0
+    # No byte for this long: the receiver hung or its adapter wedged; close and reopen it.
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # Receiver dates before this are 1024-week GPS rollover victims (IS-GPS-200) and get 1024
+    # weeks added; the default is gpsd 3.20-3.22's, so our fixes agree with gpsd's.
+    rollover_reference: date = date(2017, 1, 1)
 
 
 class GpsdSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(gt=0, lt=65536)] = 2947
     reconnect_delay_s: Annotated[float, Field(gt=0)] = 1.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 5.0
 
 
 class GnssSettings(_Section):

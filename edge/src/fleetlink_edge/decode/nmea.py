@@ -324,6 +324,11 @@ class NmeaDecoder:
         self.counters = new_counters() if counters is None else counters
         self._splitter = NmeaSplitter(self.counters, max_sentence_len)
         self._reference = rollover_reference
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything but the counters: the device was reopened, maybe another one."""
+        self._splitter.reset()
         self._date: date | None = None  # the receiver's date, as sent, for the time below
         self._date_tod_ns = 0
         self._cycle = _Cycle(None, False)
@@ -354,12 +359,6 @@ class NmeaDecoder:
         if not self._cycle.reported and self._cycle.sentences:
             self._report(out)
         return out
-
-    def reset(self) -> None:
-        """Drop the partial sentence and the open cycle (device reopened); keep the date."""
-        self._splitter.reset()
-        self._cycle = _Cycle(None, False)
-        self._last_stamped = None
 
     def _sentence(self, raw: bytes, out: list[Fix]) -> None:
         try:
