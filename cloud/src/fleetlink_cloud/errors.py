@@ -1,13 +1,13 @@
 """The cloud service's error tree. Library errors are translated where the library is used.
 
-    CloudError
-    ├── ConfigError        invalid or unreadable configuration
-    ├── StoreError         the database failed (connection lost, migration failed)
-    │   └── NotFound       no such vehicle, command, webhook...
-    ├── IngestError        a message could not be ingested (goes to dead letters, never fatal)
-    ├── BrokerError        the MQTT link failed
-    │   └── BrokerRefused  bad credentials / not authorised
-    └── AuthError          missing or invalid token (401) / wrong scope (403)
+CloudError
+├── ConfigError        invalid or unreadable configuration
+├── StoreError         the database failed (connection lost, migration failed)
+│   └── NotFound       no such vehicle, command, webhook...
+├── IngestError        a message could not be ingested (goes to dead letters, never fatal)
+├── BrokerError        the MQTT link failed
+│   └── BrokerRefused  bad credentials / not authorised
+└── AuthError          missing or invalid token (401) / wrong scope (403)
 """
 
 from __future__ import annotations
