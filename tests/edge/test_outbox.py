@@ -394,6 +394,7 @@ async def test_random_operations_keep_counts_and_contents(tmp_path: Path, max_by
             assert sum(lanes) == await outbox.pending_count() >= 0
             assert min(lanes) >= 0
             assert outbox.counters["in_flight"] == len(inflight)
+            assert on_disk(settings.path) <= max_bytes
         await outbox.release(list(inflight))
         expected = {lane: await outbox.pending_count(lane) for lane in Lane}
         for lane in Lane:

@@ -107,17 +107,20 @@ class _Budget:
     page_size: int
     max_pages: int  # PRAGMA max_page_count: the database file can never grow past it
     wal_bytes: int  # PRAGMA journal_size_limit
+    wal_frames: int  # frames that fit in wal_bytes (a WAL frame is a page plus a 24-byte header)
     checkpoint_pages: int  # PRAGMA wal_autocheckpoint; leaves WAL room for a large transaction
     chunk_bytes: int  # least evicted at once, so a full outbox does not evict on every append
 
     @classmethod
     def of(cls, max_bytes: int, page_size: int) -> _Budget:
         wal = min(max(max_bytes // 8, 16 * page_size), 16 << 20)
+        frames = (wal - 32) // (page_size + 24)  # 32: the WAL header
         return cls(
             page_size,
             (max_bytes - wal) // page_size,
             wal,
-            max(4, min(1000, wal // page_size // 2)),
+            frames,
+            max(4, min(1000, frames // 4)),
             max(4 * page_size, max_bytes // 256),
         )
 
@@ -330,7 +333,7 @@ class Outbox:
                 if attempt and not freed:
                     raise OutboxError("outbox full: the disk is full and nothing can be evicted")
                 self._room_pages = budget.max_pages - await self._used_pages()
-            await self._wal_room(need)
+            await self._wal_room(batch.nbytes)
             try:
                 async with self._write() as db:
                     if batch.new_paths:
@@ -347,10 +350,12 @@ class Outbox:
             self._room_pages = 0
             self.counters["full_retries"] += 1
 
-    async def _wal_room(self, pages: int) -> None:
-        """Empty the WAL first when a transaction this large could overrun its budget."""
+    async def _wal_room(self, nbytes: int) -> None:
+        """Empty the WAL first when a transaction writing ``nbytes`` could overrun its budget."""
         budget = self._budget
-        if pages > budget.wal_bytes // budget.page_size - budget.checkpoint_pages:
+        # Besides the rows' own pages: the tail page of each priority range, interior pages,
+        # the header page and the freelist.
+        if budget.pages_for(nbytes) + 12 > budget.wal_frames - budget.checkpoint_pages:
             await self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _adopt(self, batch: _Batch) -> None:
@@ -394,7 +399,7 @@ class Outbox:
                 after = rows[-1][0]
         if not chosen:
             return []
-        await self._wal_room(self._budget.pages_for(freed))
+        await self._wal_room(freed)
         async with self._write() as db:
             deleted = await self._delete(chosen)
             counts = Counter((boot, rtype) for _, boot, rtype in deleted)
@@ -544,6 +549,7 @@ class Outbox:
     async def _ack(self, ids: Sequence[int]) -> None:
         async with self._lock:
             with _translated("outbox ack failed"):
+                await self._wal_room(len(ids) * 2 * _ROW_OVERHEAD)
                 async with self._write():
                     deleted = await self._delete(sorted(set(ids)))
                 self._forget(deleted, evicted=False)
