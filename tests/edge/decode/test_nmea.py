@@ -17,16 +17,18 @@ from fleetlink_edge import cli
 from fleetlink_edge.decode.nmea import (
     COUNTERS,
     GPSD_ROLLOVER_REFERENCE,
-    MAX_SENTENCE_LEN,
     Fix,
     NmeaDecoder,
-    NmeaSplitter,
-    SentenceError,
     new_counters,
-    parse_sentence,
     tpv_lines,
 )
-from fleetlink_edge.decode.nmea_sentences import KNOTS_TO_MPS
+from fleetlink_edge.decode.nmea_sentences import (
+    KNOTS_TO_MPS,
+    MAX_SENTENCE_LEN,
+    NmeaSplitter,
+    SentenceError,
+    parse_sentence,
+)
 from fleetlink_protocols.records import FixMode, Position
 
 NS = 1_000_000_000

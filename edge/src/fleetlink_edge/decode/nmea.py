@@ -2,6 +2,7 @@
 
     NmeaSplitter    bytes -> "$..." sentences; bounded, resynchronises at an inner '$'
     parse_sentence  one sentence -> its fields, checksum checked (else SentenceError)
+                    (both in nmea_sentences, with what each sentence type means)
     NmeaDecoder     bytes -> Fix per cycle, from RMC, GGA, GNS, VTG, GSA, GSV, GLL and ZDA
     tpv_lines       a whole log -> gpsd TPV objects (``fleetlink-edge decode nmea``)
 
@@ -13,19 +14,20 @@ reads the clock: the GPS week-rollover fix is relative to a reference date the c
 
 from __future__ import annotations
 
-import functools
-import operator
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
 from fleetlink_edge.decode import nmea_sentences as ns
-from fleetlink_edge.errors import DecodeError
+from fleetlink_edge.decode.nmea_sentences import (
+    MAX_SENTENCE_LEN,
+    NmeaSplitter,
+    SentenceError,
+    parse_sentence,
+)
 from fleetlink_protocols.records import FixMode, Position
 
-MAX_SENTENCE_LEN = 128  # NMEA 0183 allows 82 chars, gpsd 102; proprietary sentences run longer
 # gpsd 3.20-3.22 (Debian 12) treat dates before 2017-01-01, the era of their leap-second table, as
 # victims of the 10-bit GPS week rollover (IS-GPS-200 section 20.3.3.3.1.1) and add 1024 weeks.
 GPSD_ROLLOVER_REFERENCE = date(2017, 1, 1)
@@ -50,149 +52,6 @@ COUNTERS = (
 
 def new_counters() -> dict[str, int]:
     return dict.fromkeys(COUNTERS, 0)
-
-
-class SentenceError(DecodeError):
-    """One sentence was refused; ``reason`` names its counter (``rejected_<reason>``)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-_HUNT, _IN, _SKIP, _RESUME = 0, 1, 2, 3
-_DELIM = re.compile(rb"[\n$]")
-
-
-class NmeaSplitter:
-    """Cut a byte stream into ``$...`` sentences, keeping the partial one between calls.
-
-    Shaped like httpx's LineDecoder; lines end in LF or CRLF. A '$' inside a sentence starts a
-    new one, as in gpsd. If the line right after that inner sentence does not start with '$',
-    it is the rest of the interrupted sentence (some receivers inject one sentence into another)
-    and the two halves are joined; the checksum then decides. Otherwise the stub is dropped as
-    truncated. Memory stays below ``max_len`` whatever the input.
-    """
-
-    def __init__(self, counters: dict[str, int], max_len: int = MAX_SENTENCE_LEN) -> None:
-        self._counters = counters
-        self._max_len = max_len
-        self._state = _HUNT
-        self._buf = bytearray()
-        self._stub = b""  # a sentence interrupted by another, awaiting its continuation
-        self._resumed = False
-
-    def feed(self, data: bytes) -> list[bytes]:
-        out: list[bytes] = []
-        i, n = 0, len(data)
-        while i < n:
-            if self._state == _RESUME:
-                self._state = _HUNT
-                if data[i] != ord("$"):
-                    self._buf[:], self._state, self._resumed = self._stub, _IN, True
-                else:
-                    self._counters["rejected_truncated"] += 1
-                self._stub = b""
-            if self._state == _HUNT:
-                j = data.find(b"$", i)
-                self._garbage(data[i : n if j < 0 else j])
-                if j < 0:
-                    break
-                self._start()
-                i = j + 1
-                continue
-            m = _DELIM.search(data, i)
-            j = n if m is None else m.start()
-            if self._state == _IN:
-                if len(self._buf) + j - i > self._max_len:
-                    self._counters["rejected_too_long"] += 1
-                    self._state = _SKIP  # the rest of this line belongs to the dropped sentence
-                else:
-                    self._buf += data[i:j]
-            if m is None:
-                break
-            if data[j] == ord("$"):
-                if self._state == _IN:
-                    self._interrupted()
-                self._start()
-            else:
-                self._end_of_line(out)
-            i = j + 1
-        return out
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held for an incomplete sentence (never more than ``max_len``)."""
-        return len(self._buf) + len(self._stub)
-
-    def flush(self) -> list[bytes]:
-        """End of input: a final sentence without its line ending still counts."""
-        out: list[bytes] = []
-        if self._state == _IN:
-            self._end_of_line(out)
-        elif self._state == _RESUME:
-            self._counters["rejected_truncated"] += 1
-        self.reset()
-        return out
-
-    def reset(self) -> None:
-        """Forget the partial sentence (the device was closed and reopened)."""
-        self._state = _HUNT
-        self._buf.clear()
-        self._stub = b""
-        self._resumed = False
-
-    def _start(self) -> None:
-        self._state = _IN
-        self._buf[:] = b"$"
-        self._resumed = False
-
-    def _interrupted(self) -> None:
-        if self._stub or self._resumed:
-            self._counters["rejected_truncated"] += 1  # only one level of nesting is undone
-        self._stub = b"" if self._resumed else bytes(self._buf)
-
-    def _end_of_line(self, out: list[bytes]) -> None:
-        complete = self._state == _IN
-        if complete:
-            sentence = bytes(self._buf).rstrip(b"\r")
-            if self._resumed and b"*" not in sentence:
-                self._counters["rejected_truncated"] += 1  # a join must prove itself by checksum
-            else:
-                out.append(sentence)
-        elif self._stub:
-            self._counters["rejected_truncated"] += 1
-            self._stub = b""
-        self._state = _RESUME if self._stub else _HUNT
-        self._resumed = False
-
-    def _garbage(self, chunk: bytes) -> None:
-        if chunk:
-            self._counters["garbage_bytes"] += len(chunk) - sum(map(chunk.count, b" \t\r\n"))
-
-
-_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
-_HEX2 = re.compile(rb"[0-9A-Fa-f]{2}")
-_ADDRESS = re.compile(r"[A-Z].*")  # like gpsd, any text up to the first comma
-_STANDARD = re.compile(r"[A-OQ-Z][A-Z]([A-Z]{3})")  # talker + type; 'P' starts proprietary ones
-
-
-def parse_sentence(sentence: bytes) -> tuple[list[str], bool]:
-    """Fields of ``$<address>,...[*hh]`` (field 0 is the address, e.g. "GPRMC") and whether a
-    checksum was present. Raises SentenceError ("bad_checksum" or "malformed")."""
-    body, star, checksum = sentence[1:].partition(b"*")
-    if not _PRINTABLE.fullmatch(body):
-        raise SentenceError("malformed")
-    if star:
-        checksum = checksum.rstrip(b" ")
-        if not _HEX2.fullmatch(checksum):
-            raise SentenceError("malformed")
-        if int(checksum, 16) != functools.reduce(operator.xor, body, 0):
-            raise SentenceError("bad_checksum")
-    fields = body.decode("ascii").split(",")
-    if not _ADDRESS.fullmatch(fields[0]):
-        raise SentenceError("malformed")
-    return fields, bool(star)
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,9 +228,9 @@ class NmeaDecoder:
         self.counters["sentences"] += 1
         if not had_checksum:
             self.counters["no_checksum"] += 1
-        standard = _STANDARD.fullmatch(fields[0])
-        handler = ns.HANDLERS.get(standard[1]) if standard else None
-        if standard is None or handler is None:
+        kind = ns.sentence_type(fields[0])
+        handler = None if kind is None else ns.HANDLERS.get(kind)
+        if kind is None or handler is None:
             self.counters["rejected_unknown_sentence"] += 1
             return
         if not had_checksum:
@@ -382,7 +241,7 @@ class NmeaDecoder:
         except ValueError:
             self.counters["rejected_malformed"] += 1
             return
-        self._apply(standard[1], update, out)
+        self._apply(kind, update, out)
 
     def _apply(self, kind: str, u: ns.Update, out: list[Fix]) -> None:
         stamp = u.stamp_ns
@@ -398,7 +257,7 @@ class NmeaDecoder:
             if marks and u.timed:
                 if not self._cycle.timed:
                     self._cycle.stamp_ns, self._cycle.timed = stamp, True
-                self._track_date(stamp, u.date)
+                self._track_date(stamp, u.utc_date)
         if u.in_view is not None:
             self._in_view[u.in_view[0]] = (u.in_view[1], self._cycles)
         self._cycle.merge(u, self._stated, self._had_altitude)

@@ -1,18 +1,24 @@
-"""NMEA 0183 sentence bodies -> what each says about the current fix (pure; used by nmea.py).
+"""NMEA 0183 sentences, pure: how they are framed, and what each type says (used by nmea.py).
 
-One function per sentence type takes the comma-split fields (field 0 is the address, "GPRMC")
-and returns an ``Update``; a field that cannot be parsed raises ValueError, which the decoder
-counts as a malformed sentence. Field numbers follow NMEA 0183 4.11 and gpsd's NMEA notes.
+``NmeaSplitter`` cuts a byte stream into sentences and ``parse_sentence`` checks one and splits
+it into fields (field 0 is the address, "GPRMC"). Then one function per sentence type returns an
+``Update``; a field that cannot be parsed raises ValueError, which the decoder counts as a
+malformed sentence. Field numbers follow NMEA 0183 4.11 and gpsd's NMEA notes.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
+from fleetlink_edge.errors import DecodeError
 from fleetlink_protocols.records import FixMode
+
+MAX_SENTENCE_LEN = 128  # NMEA 0183 allows 82 chars, gpsd 102; proprietary sentences run longer
 
 KNOTS_TO_MPS = 1852.0 / 3600.0  # RMC and VTG speeds are in knots: 1 kn = 0.514444 m/s
 KMH_TO_MPS = 1.0 / 3.6
@@ -20,7 +26,155 @@ KMH_TO_MPS = 1.0 / 3.6
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)")  # no exponents, no nan/inf, no '_'
 _ANGLE = re.compile(r"\d+(?:\.\d*)?")  # NMEA ddmm.mmmm / dddmm.mmmm
 _HHMMSS = re.compile(r"(\d\d)(\d\d)(\d\d)(?:\.(\d{0,9}))?")
-_FIX_FAA = set("ADPRF")  # FAA mode letters of a GNSS fix: autonomous, differential, precise, RTK
+
+
+class SentenceError(DecodeError):
+    """One sentence was refused; ``reason`` names its counter (``rejected_<reason>``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+_HUNT, _IN, _SKIP, _RESUME = 0, 1, 2, 3
+_DELIM = re.compile(rb"[\n$]")
+
+
+class NmeaSplitter:
+    """Cut a byte stream into ``$...`` sentences, keeping the partial one between calls.
+
+    Shaped like httpx's LineDecoder; lines end in LF or CRLF. A '$' inside a sentence starts a
+    new one, as in gpsd. If the line right after that inner sentence does not start with '$',
+    it is the rest of the interrupted sentence (some receivers inject one sentence into another)
+    and the two halves are joined; the checksum then decides. Otherwise the stub is dropped as
+    truncated. Memory stays below ``max_len`` whatever the input.
+    """
+
+    def __init__(self, counters: dict[str, int], max_len: int = MAX_SENTENCE_LEN) -> None:
+        self._counters = counters
+        self._max_len = max_len
+        self._state = _HUNT
+        self._buf = bytearray()
+        self._stub = b""  # a sentence interrupted by another, awaiting its continuation
+        self._resumed = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        out: list[bytes] = []
+        i, n = 0, len(data)
+        while i < n:
+            if self._state == _RESUME:
+                self._state = _HUNT
+                if data[i] != ord("$"):
+                    self._buf[:], self._state, self._resumed = self._stub, _IN, True
+                else:
+                    self._counters["rejected_truncated"] += 1
+                self._stub = b""
+            if self._state == _HUNT:
+                j = data.find(b"$", i)
+                self._garbage(data[i : n if j < 0 else j])
+                if j < 0:
+                    break
+                self._start()
+                i = j + 1
+                continue
+            m = _DELIM.search(data, i)
+            j = n if m is None else m.start()
+            if self._state == _IN:
+                if len(self._buf) + j - i > self._max_len:
+                    self._counters["rejected_too_long"] += 1
+                    self._state = _SKIP  # the rest of this line belongs to the dropped sentence
+                else:
+                    self._buf += data[i:j]
+            if m is None:
+                break
+            if data[j] == ord("$"):
+                if self._state == _IN:
+                    self._interrupted()
+                self._start()
+            else:
+                self._end_of_line(out)
+            i = j + 1
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete sentence (never more than ``max_len``)."""
+        return len(self._buf) + len(self._stub)
+
+    def flush(self) -> list[bytes]:
+        """End of input: a final sentence without its line ending still counts."""
+        out: list[bytes] = []
+        if self._state == _IN:
+            self._end_of_line(out)
+        elif self._state == _RESUME:
+            self._counters["rejected_truncated"] += 1
+        self.reset()
+        return out
+
+    def reset(self) -> None:
+        """Forget the partial sentence (the device was closed and reopened)."""
+        self._state = _HUNT
+        self._buf.clear()
+        self._stub = b""
+        self._resumed = False
+
+    def _start(self) -> None:
+        self._state = _IN
+        self._buf[:] = b"$"
+        self._resumed = False
+
+    def _interrupted(self) -> None:
+        if self._stub or self._resumed:
+            self._counters["rejected_truncated"] += 1  # only one level of nesting is undone
+        self._stub = b"" if self._resumed else bytes(self._buf)
+
+    def _end_of_line(self, out: list[bytes]) -> None:
+        complete = self._state == _IN
+        if complete:
+            sentence = bytes(self._buf).rstrip(b"\r")
+            if self._resumed and b"*" not in sentence:
+                self._counters["rejected_truncated"] += 1  # a join must prove itself by checksum
+            else:
+                out.append(sentence)
+        elif self._stub:
+            self._counters["rejected_truncated"] += 1
+            self._stub = b""
+        self._state = _RESUME if self._stub else _HUNT
+        self._resumed = False
+
+    def _garbage(self, chunk: bytes) -> None:
+        if chunk:
+            self._counters["garbage_bytes"] += len(chunk) - sum(map(chunk.count, b" \t\r\n"))
+
+
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+_HEX2 = re.compile(rb"[0-9A-Fa-f]{2}")
+_ADDRESS = re.compile(r"[A-Z].*")  # like gpsd, any text up to the first comma
+_STANDARD = re.compile(r"[A-OQ-Z][A-Z]([A-Z]{3})")  # talker + type; 'P' starts proprietary ones
+
+
+def parse_sentence(sentence: bytes) -> tuple[list[str], bool]:
+    """Fields of ``$<address>,...[*hh]`` (field 0 is the address, e.g. "GPRMC") and whether a
+    checksum was present. Raises SentenceError ("bad_checksum" or "malformed")."""
+    body, star, checksum = sentence[1:].partition(b"*")
+    if not _PRINTABLE.fullmatch(body):
+        raise SentenceError("malformed")
+    if star:
+        checksum = checksum.rstrip(b" ")
+        if not _HEX2.fullmatch(checksum):
+            raise SentenceError("malformed")
+        if int(checksum, 16) != functools.reduce(operator.xor, body, 0):
+            raise SentenceError("bad_checksum")
+    fields = body.decode("ascii").split(",")
+    if not _ADDRESS.fullmatch(fields[0]):
+        raise SentenceError("malformed")
+    return fields, bool(star)
+
+
+def sentence_type(address: str) -> str | None:
+    """The type of a standard address, "RMC" for "GPRMC" or "GNRMC"; None if proprietary."""
+    standard = _STANDARD.fullmatch(address)
+    return None if standard is None else standard[1]
 
 
 @dataclass(slots=True)
@@ -30,7 +184,7 @@ class Update:
     stamp_ns: int | None = None  # UTC time of day that marks the cycle, ns since midnight
     timed: bool = True  # the stamp may date the fix (not RMC's with the warning flag)
     closes: bool = True  # may be learned as the sentence that closes a cycle (not ZDA)
-    date: date | None = None  # from RMC or ZDA, before any rollover correction
+    utc_date: date | None = None  # from RMC or ZDA, before any rollover correction
     mode: FixMode | None = None  # stated outright (GSA, GGA, GNS, or an invalid-data flag)
     valid: bool = False  # a valid fix of unstated dimension (RMC, GLL, GGA without altitude)
     lat_deg: float | None = None
@@ -127,8 +281,8 @@ def rmc(fields: list[str]) -> Update:
     knots = number(_get(fields, 7))
     u.speed_mps = None if knots is None else knots * KNOTS_TO_MPS
     u.track_deg = number(_get(fields, 8))
-    u.date = ddmmyy(_get(fields, 9))
-    u.timed = u.date is not None  # a time without its date (e.g. "2208-1") is not trusted
+    u.utc_date = ddmmyy(_get(fields, 9))
+    u.timed = u.utc_date is not None  # a time without its date (e.g. "2208-1") is not trusted
     return u
 
 
@@ -226,7 +380,7 @@ def zda(fields: list[str]) -> Update:
     day, month, year = integer(fields[2]), integer(fields[3]), integer(fields[4])
     if day is None or month is None or year is None or not 1980 <= year <= 2200:
         raise ValueError("bad ZDA date")
-    return Update(stamp_ns=tod, closes=False, date=date(year, month, day))
+    return Update(stamp_ns=tod, closes=False, utc_date=date(year, month, day))
 
 
 HANDLERS: dict[str, Callable[[list[str]], Update]] = {
