@@ -74,7 +74,8 @@ class Capture:
         """Write until cancelled; on cancel, finish the commit under way and flush the queue."""
         while True:
             try:
-                first: Record | None = await asyncio.wait_for(self._queue.get(), tick_s)
+                async with asyncio.timeout(tick_s):
+                    first: Record | None = await self._queue.get()
             except TimeoutError:
                 first = None
             except asyncio.CancelledError:

@@ -296,7 +296,8 @@ class SimulatedEcu:
         loop = asyncio.get_running_loop()
         while (remaining := deadline_s - loop.time()) > 0:
             try:
-                msg = await asyncio.wait_for(self._queue.get(), remaining)
+                async with asyncio.timeout(remaining):
+                    msg = await self._queue.get()
             except TimeoutError:
                 break
             data = bytes(msg.data)

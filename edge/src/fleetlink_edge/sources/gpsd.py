@@ -69,9 +69,8 @@ class GpsdSource:
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         s = self._settings
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(s.host, s.port, limit=_READ_SIZE), s.connect_timeout_s
-            )
+            async with asyncio.timeout(s.connect_timeout_s):
+                reader, writer = await asyncio.open_connection(s.host, s.port, limit=_READ_SIZE)
         except TimeoutError as exc:
             raise SourceError(f"gpsd {self.address}: no answer in {s.connect_timeout_s} s") from exc
         except OSError as exc:

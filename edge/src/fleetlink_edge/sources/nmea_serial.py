@@ -102,12 +102,14 @@ class NmeaSerialSource:
         for _ in range(_SPURIOUS_WAKEUPS):
             await self._readable(port, deadline - loop.time())
             try:
-                data: bytes = port.read(_READ_SIZE)
+                # Ask the driver what is queued first: a pty can signal readable before its data
+                # reaches the reading side, and pyserial's read() takes that for a hang-up.
+                waiting = port.in_waiting
+                data: bytes = port.read(min(waiting, _READ_SIZE)) if waiting else b""
             except (serial.SerialException, OSError) as exc:  # EIO: the device is gone
                 raise SourceError(f"GNSS receiver {port.port} read failed: {exc}") from exc
             if data:
                 return data
-            # A pty can signal readable before its data reaches the reading side: wait again.
         raise SourceError(f"GNSS receiver {port.port} hung up")
 
     async def _readable(self, port: serial.Serial, timeout_s: float) -> None:
@@ -116,7 +118,10 @@ class NmeaSerialSource:
         fd = port.fileno()
         loop.add_reader(fd, _wake, readable)
         try:
-            await asyncio.wait_for(readable, max(timeout_s, 0.0))
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # races with the future completing, and then the source never stops.
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                await readable
         except TimeoutError as exc:
             raise SourceError(
                 f"GNSS receiver {port.port} silent for {self._settings.idle_timeout_s} s"

@@ -253,7 +253,8 @@ class ObdPoller:
             if remaining <= 0:
                 break
             try:
-                frame = await asyncio.wait_for(queue.get(), remaining)
+                async with asyncio.timeout(remaining):
+                    frame = await queue.get()
             except TimeoutError:
                 break
             for can_id, data in exchange.feed(frame, loop.time()):
