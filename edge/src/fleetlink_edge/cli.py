@@ -97,7 +97,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from fleetlink_edge.simulate import SimOptions, simulate
+    from fleetlink_edge.simulate import SimOptions, fleet_ids, simulate, simulate_fleet
 
     overrides: dict[str, Any] = {}
     state_dir: Path = args.state_dir or Path(tempfile.mkdtemp(prefix="fleetlink-sim-"))
@@ -111,6 +111,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     settings = _load(args, **overrides)
     if settings is None:
         return 2
+    if args.vehicles < 1:
+        print("fleetlink-edge: --vehicles must be at least 1", file=sys.stderr)
+        return 2
     options = SimOptions(
         duration_s=args.duration,
         gnss_hz=args.gnss_hz,
@@ -121,7 +124,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         can_fps=args.can_fps,
         report_every_s=args.report_every,
     )
-    return _run_until_signalled(lambda stop: simulate(settings, options, sys.stdout, stop))
+    if args.vehicles == 1:
+        return _run_until_signalled(lambda stop: simulate(settings, options, sys.stdout, stop))
+    ids = fleet_ids(settings.device.id, args.vehicles)
+    return _run_until_signalled(
+        lambda stop: simulate_fleet(settings, options, ids, state_dir, sys.stdout, stop)
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="run the agent on simulated GNSS and CAN hardware")
     sim.add_argument("--config", type=Path, default=None, help="agent TOML (default: built in)")
     sim.add_argument("--device", default="veh-sim-001", help="device id (without --config)")
+    sim.add_argument(
+        "--vehicles", type=int, default=1, help="simulate N vehicles, ids counting up from --device"
+    )
     sim.add_argument("--broker", default=None, help="MQTT broker HOST:PORT")
     sim.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     sim.add_argument("--gnss-hz", type=float, default=1.0, help="NMEA epochs per second")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import secrets
 import threading
 import time
@@ -31,6 +32,8 @@ from fleetlink_edge.sources.replay import read_log
 
 log = logging.getLogger(__name__)
 
+_FLEET_SPREAD_DEG = 0.02  # fleet drives start around the centre, about 2 km apart
+
 
 @dataclass(frozen=True)
 class SimOptions:
@@ -42,6 +45,7 @@ class SimOptions:
     can_replay: Path | None = None
     can_fps: float = 0.0
     report_every_s: float = 5.0
+    quiet: bool = False  # no per-vehicle status lines (a fleet reports as one)
 
 
 def simulated_settings(base: EdgeSettings, pty_path: str, channel: str) -> EdgeSettings:
@@ -114,7 +118,11 @@ async def _report(
 
 
 async def simulate(
-    base: EdgeSettings, options: SimOptions, out: TextIO, stop: asyncio.Event
+    base: EdgeSettings,
+    options: SimOptions,
+    out: TextIO,
+    stop: asyncio.Event,
+    on_agent: Callable[[Agent], None] | None = None,
 ) -> None:
     """Run drive, GNSS, ECU and agent until ``stop`` is set or ``duration_s`` has passed."""
     gnss = PtyGnss()
@@ -149,12 +157,17 @@ async def simulate(
                 )
                 replayer.start()
             helpers = [
-                asyncio.create_task(_drive(drive, state, gnss, options.gnss_hz), name="drive"),
-                asyncio.create_task(
-                    _report(agent, drive, options.report_every_s, out, time.monotonic),
-                    name="report",
-                ),
+                asyncio.create_task(_drive(drive, state, gnss, options.gnss_hz), name="drive")
             ]
+            if not options.quiet:
+                helpers.append(
+                    asyncio.create_task(
+                        _report(agent, drive, options.report_every_s, out, time.monotonic),
+                        name="report",
+                    )
+                )
+            if on_agent is not None:
+                on_agent(agent)
             if options.duration_s is not None:
                 loop = asyncio.get_running_loop()
                 loop.call_later(options.duration_s, stop.set)
@@ -171,3 +184,89 @@ async def simulate(
         for bus in (agent_bus, ecu_bus, replay_bus):
             bus.shutdown()
         gnss.close()
+
+
+def fleet_ids(first: str, n: int) -> list[str]:
+    """``n`` device ids counting up from ``first`` (``veh-sim-001`` -> ``veh-sim-002`` ...)."""
+    stem = first.rstrip("0123456789")
+    digits = first[len(stem) :]
+    start, width = (int(digits), len(digits)) if digits else (1, 3)
+    if not digits:
+        stem += "-"
+    return [f"{stem}{start + i:0{width}d}" for i in range(n)]
+
+
+def fleet_member(base: EdgeSettings, device_id: str, state_dir: Path) -> EdgeSettings:
+    """One vehicle of a simulated fleet: its own device id and outbox file."""
+    return base.model_copy(
+        update={
+            "device": base.device.model_copy(update={"id": device_id}),
+            "outbox": base.outbox.model_copy(
+                update={"path": state_dir / f"{device_id}.outbox.sqlite3"}
+            ),
+        }
+    )
+
+
+async def simulate_fleet(
+    base: EdgeSettings,
+    options: SimOptions,
+    device_ids: list[str],
+    state_dir: Path,
+    out: TextIO,
+    stop: asyncio.Event,
+) -> None:
+    """Run one simulated vehicle per id in this process, each a whole agent, with one status
+    line for the fleet every ``report_every_s``."""
+    agents: list[Agent] = []
+    quiet = SimOptions(**{**options.__dict__, "quiet": True})
+    runs = []
+    for i, device_id in enumerate(device_ids):
+        angle = 2 * math.pi * i / len(device_ids)
+        member = SimOptions(
+            **{
+                **quiet.__dict__,
+                "seed": options.seed + i,
+                "lat": options.lat + _FLEET_SPREAD_DEG * math.sin(angle) * (i % 3 + 1) / 3,
+                "lon": options.lon + _FLEET_SPREAD_DEG * math.cos(angle) * (i % 3 + 1) / 3,
+            }
+        )
+        settings = fleet_member(base, device_id, state_dir)
+        runs.append(simulate(settings, member, out, stop, on_agent=agents.append))
+    reporter = asyncio.create_task(
+        _report_fleet(agents, options.report_every_s, out, time.monotonic), name="report"
+    )
+    try:
+        results = await asyncio.gather(*runs, return_exceptions=True)
+    finally:
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
+    for device_id, result in zip(device_ids, results, strict=True):
+        if isinstance(result, BaseException):
+            log.error("simulated vehicle %s failed: %s", device_id, result)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0]
+
+
+async def _report_fleet(
+    agents: list[Agent], every_s: float, out: TextIO, now: Callable[[], float]
+) -> None:
+    start = now()
+    while True:
+        await asyncio.sleep(every_s)
+        counters = [a.counters() for a in agents]
+
+        def total(key: str, counters: list[dict[str, int]] = counters) -> int:
+            return sum(c.get(key, 0) for c in counters)
+
+        online = sum(
+            1 for c in counters if c.get("uplink.connects", 0) > c.get("uplink.disconnects", 0)
+        )
+        out.write(
+            f"[{now() - start:6.0f}s] {len(agents)} vehicles ({online} connected) | "
+            f"fixes {total('gnss.fixes')} obd answers {total('obd.responses')} | "
+            f"stored {total('capture.appended')} | sent {total('uplink.records_sent')} "
+            f"in {total('uplink.batches_sent')} batches\n"
+        )
+        out.flush()
