@@ -8,6 +8,7 @@ a Mosquitto started here on a free port, and samples VmRSS once a second.
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import socket
 import statistics
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "fleetlink-edge.service"
 J1939_LOG = "can/j1939/css_matlab-basics_11111111_00000012_00000001.candump.log"
 
 
@@ -36,6 +38,16 @@ def _rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def unit_malloc_env() -> dict[str, str]:
+    """The allocator settings the shipped systemd unit gives the agent, so we measure the same."""
+    env: dict[str, str] = {}
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("Environment=MALLOC_"):
+            key, _, value = line.removeprefix("Environment=").partition("=")
+            env[key] = value
+    return env
 
 
 def agent_rss(data: Path, seconds: float) -> dict[str, Any]:
@@ -69,7 +81,10 @@ def agent_rss(data: Path, seconds: float) -> dict[str, Any]:
                 "--report-every",
                 "10",
             ]
-            agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            env = {**os.environ, **unit_malloc_env()}
+            agent = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
             samples: list[int] = []
             while agent.poll() is None:
                 rss = _rss_kib(agent.pid)
@@ -90,6 +105,8 @@ def agent_rss(data: Path, seconds: float) -> dict[str, Any]:
         "seconds": seconds,
         "exit_code": agent.returncode,
         "rss_max_mib": round(max(samples, default=0) / 1024, 1),
+        "rss_max_mb": round(max(samples, default=0) * 1024 / 1e6, 1),
+        "malloc_env": unit_malloc_env(),
         "rss_median_steady_mib": round(statistics.median(steady) / 1024, 1) if steady else None,
         "can_frames_received": frames,
         "can_frames_per_s": round(frames / seconds) if seconds else None,
@@ -97,5 +114,5 @@ def agent_rss(data: Path, seconds: float) -> dict[str, Any]:
         "gnss_fixes": counters.get("gnss.fixes", 0),
         "records_stored": counters.get("capture.appended", 0),
         "records_sent": counters.get("uplink.records_sent", 0),
-        "goal_rss_mib": 50,
+        "goal_rss_mb": 50,
     }

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -25,6 +24,7 @@ import can
 
 from fleetlink_edge.app import Agent
 from fleetlink_edge.config import EdgeSettings
+from fleetlink_edge.frames import CanFrame
 from fleetlink_edge.sim.ecu import EcuState, SimulatedEcu
 from fleetlink_edge.sim.gnss import PtyGnss
 from fleetlink_edge.sim.route import Drive
@@ -67,14 +67,23 @@ def simulated_settings(base: EdgeSettings, pty_path: str, channel: str) -> EdgeS
     return base.model_copy(update={"gnss": gnss, "can": can_settings})
 
 
+def _frames_forever(path: Path) -> Iterator[CanFrame]:
+    """The log's frames round and round, read as a stream: a long capture is not held in memory
+    (it would count against the agent in memory benchmarks)."""
+    while True:
+        empty = True
+        for frame in read_log(path):
+            empty = False
+            yield frame
+        if empty:
+            return
+
+
 def _replay_forever(bus: can.BusABC, path: Path, fps: float, stop: threading.Event) -> None:
     """Send a log's frames round and round at ``fps`` (a thread: python-can's send blocks)."""
-    frames = list(read_log(path))
-    if not frames:
-        return
     period = 1.0 / fps
     next_t = time.monotonic()
-    for frame in itertools.cycle(frames):
+    for frame in _frames_forever(path):
         if stop.is_set():
             return
         msg = can.Message(
