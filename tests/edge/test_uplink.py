@@ -462,3 +462,35 @@ def test_birth_of_another_device_is_refused(tmp_path: Path) -> None:
     outbox = Outbox(OutboxSettings(path=tmp_path / "o.sqlite3"), boot_id=BOOT)
     with pytest.raises(ValueError, match="veh002"):
         Uplink(uplink_settings(1883), DEVICE, outbox, Birth("veh002", BOOT, "0.1.0", T0_NS))
+
+
+@pytest.mark.mosquitto
+async def test_a_batch_nobody_subscribed_to_stays_in_the_outbox(
+    broker: Mosquitto, outbox: Outbox
+) -> None:
+    """MQTT 5 PUBACK 0x10 "No matching subscribers": the broker dropped it, so it is not acked;
+    once the cloud's subscription exists the same records go out."""
+    records = drive_records(30)
+    await outbox.append(records)
+    uplink = Uplink(uplink_settings(broker.port), DEVICE, outbox, birth())
+    async with running(uplink):
+        await until(lambda: uplink.counters.not_delivered >= 2)  # tried, held back, tried again
+        assert uplink.counters.records_sent == 0
+        assert await outbox.pending_count() == len(records)
+        assert outbox.counters["acked"] == 0
+        assert uplink.client.counters.no_subscribers >= 2
+        async with Backend(broker.port) as backend:
+            await wait_drained(outbox, backend, len(records))
+            assert_same(records, backend.received())
+
+
+@pytest.mark.mosquitto
+async def test_without_require_subscriber_a_puback_is_enough(
+    broker: Mosquitto, outbox: Outbox
+) -> None:
+    await outbox.append(drive_records(5))
+    uplink = Uplink(uplink_settings(broker.port, require_subscriber=False), DEVICE, outbox, birth())
+    async with running(uplink):
+        await until(lambda: uplink.counters.records_sent == 10)
+        assert await drained(outbox)
+        assert uplink.counters.not_delivered == 0

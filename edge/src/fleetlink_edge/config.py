@@ -177,6 +177,10 @@ class UplinkSettings(_Section):
     shutdown_drain_s: Annotated[float, Field(ge=0)] = 2.0
     # How often an idle uplink looks for new records in the outbox.
     poll_interval_s: Annotated[float, Field(gt=0)] = 0.1
+    # MQTT 5: a PUBACK "No matching subscribers" (0x10) means the broker dropped the batch, so
+    # its records stay in the outbox and the uplink tries again with backoff. Turn off only for a
+    # broker that answers 0x10 while it still forwards the message (none known).
+    require_subscriber: bool = True
 
     @field_validator("topic_prefix")
     @classmethod

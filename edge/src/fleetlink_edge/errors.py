@@ -8,7 +8,8 @@ EdgeError
 ├── OutboxError          the local store failed (disk full, corrupt file)
 └── UplinkError          the MQTT link failed
     ├── BrokerRefused    the broker refused the connection (bad credentials, not authorised)
-    └── PublishRejected  the broker refused a publish (ACL denial reported in PUBACK)
+    ├── PublishRejected  the broker refused a publish (ACL denial reported in PUBACK)
+    └── NotDelivered     the broker took a publish but had no subscriber for it (PUBACK 0x10)
 """
 
 from __future__ import annotations
@@ -47,4 +48,8 @@ class BrokerRefused(UplinkError):
 
 
 class PublishRejected(UplinkError):
+    pass
+
+
+class NotDelivered(UplinkError):
     pass

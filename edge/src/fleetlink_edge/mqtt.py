@@ -26,7 +26,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleetlink_edge.config import TlsSettings, UplinkSettings
-from fleetlink_edge.errors import BrokerRefused, ConfigError, PublishRejected, UplinkError
+from fleetlink_edge.errors import (
+    BrokerRefused,
+    ConfigError,
+    NotDelivered,
+    PublishRejected,
+    UplinkError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,10 @@ Protocol = Literal["5", "3.1.1"]
 # CONNACK reason codes that mean "this client may not connect as configured" (MQTT 5 §3.2.2.2;
 # paho maps MQTT 3.1.1 return codes 2, 4, 5 to 0x85, 0x86, 0x87). Retrying will not help until an
 # operator fixes credentials or ACLs, so these raise BrokerRefused; other failures are transient.
+# PUBACK "No matching subscribers" (MQTT 5 §3.4.2.1): accepted, and dropped for want of anyone
+# to deliver it to. Mosquitto 2.0 answers it, for example, for a shared subscription whose members
+# have not reconnected since the broker restarted (their sessions are not matched until then).
+NO_MATCHING_SUBSCRIBERS = 0x10
 REFUSED_CODES = {0x85, 0x86, 0x87, 0x8A, 0x8C}
 # Mosquitto answers a wrong password with 0x87 "Not authorized", so both read as credentials.
 REFUSED_NAMES = {0x85: "client id", 0x86: "credentials", 0x87: "credentials", 0x8A: "device"}
@@ -84,6 +94,7 @@ class MqttCounters:
     messages_received: int = 0
     messages_dropped: int = 0  # incoming queue full
     messages_rejected: int = 0  # topic not valid UTF-8
+    no_subscribers: int = 0  # PUBACK 0x10 where a subscriber was required
 
 
 @dataclass(eq=False)
@@ -94,7 +105,7 @@ class _Link:
     protocol: Protocol
     connack: asyncio.Future[tuple[ReasonCode, bool]]
     lost: asyncio.Future[UplinkError]
-    acks: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    acks: dict[int, asyncio.Future[int]] = field(default_factory=dict)
     connected: bool = False
     closing: bool = False  # we asked for the end: not a fault worth a warning
 
@@ -312,7 +323,7 @@ class MqttClient:
             return
         bad = next((r for r in reasons if r.is_failure), None)
         if bad is None:
-            fut.set_result(None)
+            fut.set_result(reasons[0].value if reasons else 0)
         else:
             fut.set_exception(PublishRejected(f"{bad} (reason code 0x{bad.value:02X}, mid {mid})"))
 
@@ -335,9 +346,19 @@ class MqttClient:
         return link
 
     async def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        require_subscriber: bool = False,
     ) -> None:
-        """Publish and wait for the PUBACK (QoS 1); raises PublishRejected or UplinkError."""
+        """Publish and wait for the PUBACK (QoS 1); raises PublishRejected or UplinkError.
+
+        ``require_subscriber``: an MQTT 5 PUBACK "No matching subscribers" raises NotDelivered
+        (the broker dropped the message: nobody, not even an offline session, was to get it).
+        """
         link = self._live_link()
         try:
             info = link.client.publish(topic, payload, qos=qos, retain=retain)
@@ -350,11 +371,14 @@ class MqttClient:
         if qos == 0:
             return
         try:
-            await self._await_ack(link, info.mid)
+            reason = await self._await_ack(link, info.mid)
         except PublishRejected:
             self.counters.publish_rejected += 1
             raise
         self.counters.pubacks += 1
+        if require_subscriber and reason == NO_MATCHING_SUBSCRIBERS:
+            self.counters.no_subscribers += 1
+            raise NotDelivered(f"no subscriber for {topic} (PUBACK reason code 0x10)")
 
     async def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
         """Subscribe and wait for the SUBACK; raises UplinkError when the broker refuses."""
@@ -367,13 +391,14 @@ class MqttClient:
         except PublishRejected as exc:
             raise UplinkError(f"subscription to {topic_filter!r} refused: {exc}") from None
 
-    async def _await_ack(self, link: _Link, mid: int) -> None:
+    async def _await_ack(self, link: _Link, mid: int) -> int:
+        """The (first) reason code of the PUBACK or SUBACK for ``mid``."""
         # The ack callback reaches the loop through call_soon_threadsafe, so it cannot run before
         # this synchronous registration that follows paho's publish()/subscribe() call.
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         link.acks[mid] = fut
         try:
-            await fut
+            return await fut
         finally:
             link.acks.pop(mid, None)
 

@@ -6,6 +6,11 @@ always serving the LIVE lane first, then EVENTS, then the HISTORY backlog (oldes
 record is acked (deleted) only after the PUBACK of the message that carried it; when the link
 drops, in-flight records are released and sent again on the next connection (the cloud dedupes
 by device, boot and seq). Connection failures back off with jitter.
+
+A PUBACK is not proof that anyone will get the message: an MQTT 5 broker that had no subscriber
+for it says "No matching subscribers" (0x10) and drops it. Such a batch is released, not acked,
+and the uplink holds new batches back for a growing delay, so records wait in the outbox until
+the cloud's subscription is there again (a broker restart, before ingest has reconnected).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 
 from fleetlink_edge.backoff import Backoff
 from fleetlink_edge.config import UplinkSettings
-from fleetlink_edge.errors import BrokerRefused, PublishRejected, UplinkError
+from fleetlink_edge.errors import BrokerRefused, NotDelivered, PublishRejected, UplinkError
 from fleetlink_edge.mqtt import Message, MqttClient
 from fleetlink_edge.outbox import Lane, Outbox, Stored
 from fleetlink_protocols.codec import Batch, encode_batch
@@ -51,6 +56,7 @@ class UplinkCounters:
     records_sent: int = 0
     bytes_sent: int = 0
     publish_rejected: int = 0
+    not_delivered: int = 0  # batches the broker had no subscriber for: released, sent again
     records_unsendable: int = 0  # the codec refused them even alone: dropped, logged
     backoff_s: float = 0.0  # the last reconnect delay chosen
 
@@ -128,6 +134,10 @@ class Uplink:
         will = Message(self.topics.status, self._death, will_spec.qos, will_spec.retain)
         self.client = MqttClient(settings, settings.client_id or device_id, will=will)
         self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s, random_source)
+        self._undelivered = Backoff(
+            settings.backoff_initial_s, settings.backoff_max_s, random_source
+        )
+        self._hold_until = 0.0  # loop time: no new batch before (nobody subscribed)
         self._timer = LaneTimer(settings.batch_max_delay_s)
         self._batch_max = min(settings.batch_max_records, MAX_BATCH_ENTRIES)
         self._inflight: dict[asyncio.Task[None], Lane] = {}
@@ -211,6 +221,8 @@ class Uplink:
 
     async def _fill(self) -> None:
         now = asyncio.get_running_loop().time()
+        if now < self._hold_until:
+            return
         for lane in LANE_ORDER:
             while self._free_slots(lane) > 0:
                 pending = await self._outbox.pending_count(lane)
@@ -266,16 +278,30 @@ class Uplink:
     async def _send(self, topic: str, items: Sequence[Stored], payload: bytes) -> None:
         ids = [s.id for s in items]
         try:
-            await self.client.publish(topic, payload, qos=1)
+            await self.client.publish(
+                topic, payload, qos=1, require_subscriber=self._settings.require_subscriber
+            )
+        except NotDelivered as exc:
+            await self._outbox.release(ids)
+            self._hold_back(exc)
+            return
         except BaseException as exc:
             if isinstance(exc, PublishRejected):
                 self.counters.publish_rejected += 1
             await self._outbox.release(ids)
             raise
+        self._undelivered.reset()
         self.counters.batches_sent += 1
         self.counters.records_sent += len(ids)
         self.counters.bytes_sent += len(payload)
         await self._outbox.ack(ids)
+
+    def _hold_back(self, exc: NotDelivered) -> None:
+        """Nobody subscribed: keep the records and wait before the next batch."""
+        self.counters.not_delivered += 1
+        delay = self._undelivered.next_delay_s()
+        self._hold_until = asyncio.get_running_loop().time() + delay
+        log.warning("%s: kept in the outbox, sending again in %.1f s", exc, delay)
 
     async def _settle(self) -> None:
         """Let in-flight batches end (PUBACK: ack; failure: release) within shutdown_drain_s."""
