@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fleetlink_cloud.cli_serve",
     "fleetlink_cloud.cli_tokens",
     "fleetlink_cloud.cli_devices",
+    "fleetlink_cloud.cli_demo",
 )
 
 

@@ -73,7 +73,12 @@ class IngestSettings(_Section):
     heartbeat_timeout_s: Annotated[float, Field(gt=0)] = 180.0
     max_clock_skew_s: Annotated[float, Field(gt=0)] = 300.0  # device time this far ahead: flagged
     accept_unknown_devices: bool = False
-    queue_size: Annotated[int, Field(gt=0)] = 1000
+    queue_size: Annotated[int, Field(gt=0)] = 1000  # unacked messages held (MQTT 5 Receive Max)
+    group_max_messages: Annotated[int, Field(gt=0)] = 200  # messages per commit (group commit)
+    device_cache_s: Annotated[float, Field(ge=0)] = 10.0  # registry lookups are cached this long
+    presence_check_s: Annotated[float, Field(gt=0)] = 5.0  # heartbeat-timeout sweep interval
+    retry_initial_s: Annotated[float, Field(gt=0)] = 0.5  # store failure: retry the group after
+    retry_max_s: Annotated[float, Field(gt=0)] = 30.0
 
 
 class ApiSettings(_Section):

@@ -16,7 +16,12 @@ turned into stream events by the store itself in the same transaction: ``vehicle
 (record_command_ack).
 
 Errors: every driver error becomes ``fleetlink_cloud.errors.StoreError``; a lookup by id that
-must exist raises ``NotFound``; a malformed pagination cursor raises ``BadCursor``.
+must exist raises ``NotFound``; a create whose id is taken raises ``AlreadyExists``; a malformed
+pagination cursor raises ``BadCursor``.
+
+Text. Free text from devices (event kinds, DTC codes, ack details, dead-letter reasons) is
+stored as given, except NUL, which PostgreSQL text cannot hold: both backends store it as
+U+FFFD. Values inside JSON columns (signal values, event data, counters, args) keep it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,10 @@ COMMAND_STATUSES: tuple[CommandStatus, ...] = (
 
 class BadCursor(StoreError, ValueError):
     """A pagination cursor that this store did not produce (an API maps it to 400)."""
+
+
+class AlreadyExists(StoreError):
+    """A create with an id (or token hash) that is taken (an API maps it to 409)."""
 
 
 # -- ingest ------------------------------------------------------------------------------------
@@ -385,8 +394,7 @@ class Store(Protocol):
         self, device_id: str, *, name: str, password_hash: str, created_wall_ns: int | None = None
     ) -> Device:
         """Register a device (created now when ``created_wall_ns`` is None, the only place the
-        store reads the clock: a CLI registration has no other time). Raises StoreError if the
-        id exists."""
+        store reads the clock: a CLI registration has no other time). Raises AlreadyExists."""
         ...
 
     async def get_device(self, device_id: str) -> Device | None: ...
@@ -607,7 +615,9 @@ class Store(Protocol):
         received_wall_ns: int,
     ) -> CommandRow | None:
         """Apply an ack of the device's own command and append ``command.acked``. Returns None
-        (nothing stored) for a command id unknown for that device."""
+        (nothing stored) for a command id unknown for that device. An ack that would change
+        nothing (redelivered, behind the current status, or after a final status: done, failed,
+        rejected) returns the row unchanged and appends no event."""
         ...
 
     # -- tokens ------------------------------------------------------------------------------
@@ -615,7 +625,7 @@ class Store(Protocol):
     async def create_token(
         self, token_id: str, *, name: str, scope: Scope, token_hash: str, created_wall_ns: int
     ) -> TokenRow:
-        """Store a token by its hash only. Raises StoreError if the id or hash exists."""
+        """Store a token by its hash only. Raises AlreadyExists if the id or hash exists."""
         ...
 
     async def token_by_hash(self, token_hash: str) -> TokenRow | None:
@@ -626,7 +636,9 @@ class Store(Protocol):
         """Raises NotFound. Revoking twice keeps the first time."""
         ...
 
-    async def list_tokens(self) -> list[TokenRow]: ...
+    async def list_tokens(self) -> list[TokenRow]:
+        """Ordered by creation time, then id."""
+        ...
 
     # -- audit -------------------------------------------------------------------------------
 
@@ -651,7 +663,7 @@ class Store(Protocol):
         cursor: int = 0,
     ) -> Webhook:
         """``cursor``: deliver events with ids above it (pass latest_stream_event_id() to start
-        from now). Raises StoreError if the id exists."""
+        from now). Raises AlreadyExists."""
         ...
 
     async def get_webhook(self, webhook_id: str) -> Webhook | None: ...

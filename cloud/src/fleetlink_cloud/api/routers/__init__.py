@@ -1,0 +1,31 @@
+"""One router per resource; ``ROUTERS`` lists the ones mounted under ``/v1``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from fleetlink_cloud.api.routers import (
+    admin,
+    commands,
+    devices,
+    dtcs,
+    events,
+    positions,
+    signals,
+    stream,
+    vehicles,
+    webhooks,
+)
+
+ROUTERS: tuple[APIRouter, ...] = (
+    vehicles.router,
+    positions.router,
+    signals.router,
+    dtcs.router,
+    events.router,
+    commands.router,
+    stream.router,
+    webhooks.router,
+    devices.router,
+    admin.router,
+)

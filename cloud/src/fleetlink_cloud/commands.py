@@ -1,0 +1,277 @@
+"""Downlink commands: create (queued in the store), publish when the device is online, track acks.
+
+A command is stored first, ``queued``, so it survives restarts and never depends on the device
+being reachable. ``CommandService`` publishes queued commands on ``{prefix}/{device}/dn/cmd``
+(QoS 1) when the device is online: right after creation, on every ``vehicle.online`` stream event
+(a birth), and in a periodic sweep that also catches commands created by another process. Acks
+travel the other way through ingest, which applies them with ``store.record_command_ack``.
+
+``set_config`` also publishes the desired configuration, retained, on ``dn/config`` before the
+command, so a device that reconnects later still finds the newest desired document there.
+
+Sending is at least once: a command may be published twice (a sweep racing a birth, two
+processes); the device acts on a command id once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from fleetlink_cloud.bus import EventBus, StreamEvent, make_filter
+from fleetlink_cloud.errors import BrokerError, CloudError
+from fleetlink_cloud.store.base import CommandRow, Store
+from fleetlink_protocols.errors import ProtocolError
+from fleetlink_protocols.messages import Command, ConfigDocument, encode_command, encode_config
+from fleetlink_protocols.topics import Topics
+
+log = logging.getLogger(__name__)
+
+# Commands the edge agent understands, and which API scopes may send each (admin: all).
+COMMAND_SCOPES: Final[Mapping[str, tuple[str, ...]]] = {
+    "ping": ("dispatch", "maintenance"),  # liveness round trip: ack "done"
+    "read_dtcs": ("dispatch", "maintenance"),  # read trouble codes now (J1979 mode 03 / DM1)
+    "set_config": ("dispatch",),  # args {"values": {...}}; "version" is assigned here
+}
+COMMAND_NAMES: Final = tuple(COMMAND_SCOPES)
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}")
+# Namespace of command ids derived from an Idempotency-Key (uuid5), fixed for ever.
+IDEMPOTENCY_NAMESPACE: Final = uuid.UUID("6f2d1f9e-3c1b-5e0a-9d57-2b8f0f1c7a41")
+SWEEP_INTERVAL_S: Final = 30.0
+
+
+class InvalidCommand(CloudError, ValueError):
+    """Unknown command name, bad id or arguments the protocol refuses (an API maps it to 422)."""
+
+
+class CommandConflict(CloudError):
+    """The command id exists with a different device, name or arguments (an API maps it to 409)."""
+
+
+class Publisher(Protocol):
+    """What the cloud needs of an MQTT client to send downlink; returns once the broker has it."""
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> None: ...
+
+
+def command_id_for(device_id: str, *, command_id: str | None, idempotency_key: str | None) -> str:
+    """The id of a new command: client-supplied, derived from an Idempotency-Key, or random.
+
+    Raises InvalidCommand for an id protocol v1 cannot carry.
+    """
+    if command_id is not None:
+        if not _ID_RE.fullmatch(command_id):
+            raise InvalidCommand(
+                "command_id: 1-64 of A-Z a-z 0-9 . _ : + -, starting with a letter or digit"
+            )
+        return command_id
+    if idempotency_key is not None:
+        if not 0 < len(idempotency_key) <= 255:
+            raise InvalidCommand("Idempotency-Key: 1-255 characters")
+        return str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{device_id}\n{idempotency_key}"))
+    return str(uuid.uuid4())
+
+
+def check_command(name: str, args: Mapping[str, Any]) -> None:
+    """Raise InvalidCommand unless ``name`` is known and ``args`` fit it and protocol v1."""
+    if name not in COMMAND_SCOPES:
+        raise InvalidCommand(f"unknown command {name[:64]!r}; known: {', '.join(COMMAND_NAMES)}")
+    if name == "set_config":
+        values = args.get("values")
+        if not isinstance(values, Mapping) or set(args) - {"values", "version"}:
+            raise InvalidCommand('set_config takes args {"values": {...}}')
+    try:
+        encode_command(Command("x", name, args, None))
+        if name == "set_config":
+            encode_config(ConfigDocument(0, dict(args["values"])))
+    except ProtocolError as exc:
+        raise InvalidCommand(f"args: {exc}") from None
+
+
+def args_fingerprint(name: str, args: Mapping[str, Any]) -> str:
+    """What makes two creations of one command id the same request (version excluded)."""
+    given = {k: v for k, v in args.items() if not (name == "set_config" and k == "version")}
+    return hashlib.sha256(repr((name, sorted(given.items()))).encode()).hexdigest()
+
+
+def command_message(row: CommandRow) -> Command:
+    return Command(row.command_id, row.name, dict(row.args), row.expires_wall_ns)
+
+
+def config_document(row: CommandRow) -> ConfigDocument:
+    """The desired configuration a ``set_config`` command carries."""
+    return ConfigDocument(int(row.args["version"]), dict(row.args["values"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """Result of ``CommandService.create``: the row and whether this call created it."""
+
+    command: CommandRow
+    created: bool
+
+
+class CommandService:
+    """Creates commands and publishes queued ones to online devices. One per process with MQTT.
+
+    ``publisher`` may be None (an API process without an MQTT connection): commands then stay
+    queued until a process that has one sends them.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        publisher: Publisher | None,
+        *,
+        prefix: str = "fleet",
+        clock: Callable[[], int] = time.time_ns,
+        sweep_interval_s: float = SWEEP_INTERVAL_S,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._prefix = prefix
+        self._clock = clock
+        self._sweep_interval_s = sweep_interval_s
+        self._locks: dict[str, asyncio.Lock] = {}  # one per device ever flushed: serialises sends
+        self.counters: dict[str, int] = {"created": 0, "sent": 0, "send_failed": 0}
+
+    async def create(
+        self,
+        device_id: str,
+        name: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        command_id: str | None = None,
+        idempotency_key: str | None = None,
+        expires_in_s: float | None = None,
+    ) -> Created:
+        """Queue a command and try to send it now. Raises InvalidCommand, CommandConflict, NotFound.
+
+        Repeating a creation with the same id (or Idempotency-Key) returns the existing command.
+        """
+        args = dict(args or {})
+        check_command(name, args)
+        cid = command_id_for(device_id, command_id=command_id, idempotency_key=idempotency_key)
+        existing = await self._store.get_command(cid)
+        if existing is not None:
+            return Created(self._same_or_conflict(existing, device_id, name, args), False)
+        now = self._clock()
+        if name == "set_config":
+            args["version"] = await self._next_config_version(device_id, now)
+        expires = None if expires_in_s is None else now + int(expires_in_s * 1e9)
+        row = await self._store.create_command(
+            device_id, cid, name, args, created_wall_ns=now, expires_wall_ns=expires
+        )
+        if row.created_wall_ns != now:  # a concurrent creation of the same id won the race
+            return Created(self._same_or_conflict(row, device_id, name, args), False)
+        self.counters["created"] += 1
+        presence = await self._store.presence(device_id)
+        if presence is not None and presence.online:
+            await self.flush(device_id)
+            row = await self._store.get_command(cid) or row
+        return Created(row, True)
+
+    @staticmethod
+    def _same_or_conflict(
+        row: CommandRow, device_id: str, name: str, args: Mapping[str, Any]
+    ) -> CommandRow:
+        same = row.device_id == device_id and args_fingerprint(
+            row.name, row.args
+        ) == args_fingerprint(name, args)
+        if not same:
+            raise CommandConflict(
+                f"command {row.command_id} exists for {row.device_id} with other content"
+            )
+        return row
+
+    async def _next_config_version(self, device_id: str, now_wall_ns: int) -> int:
+        """Milliseconds of creation, above every recent set_config: increasing per device."""
+        recent = await self._store.list_commands(device_id, limit=100)
+        versions = [int(c.args.get("version", 0)) for c in recent if c.name == "set_config"]
+        return max([now_wall_ns // 1_000_000, *(v + 1 for v in versions)])
+
+    async def flush(self, device_id: str) -> int:
+        """Publish the device's queued commands, oldest first; returns how many were sent.
+
+        Stops at the first publish failure (BrokerError): the rest stay queued for the next try.
+        """
+        if self._publisher is None:
+            return 0
+        lock = self._locks.setdefault(device_id, asyncio.Lock())
+        sent = 0
+        async with lock:
+            topics = Topics(self._prefix, device_id)
+            for row in await self._store.pending_commands(device_id):
+                try:
+                    await self._send(topics, row)
+                except BrokerError as exc:
+                    self.counters["send_failed"] += 1
+                    log.warning("command %s to %s not sent: %s", row.command_id, device_id, exc)
+                    break
+                await self._store.mark_command_sent(row.command_id, self._clock())
+                self.counters["sent"] += 1
+                sent += 1
+        return sent
+
+    async def _send(self, topics: Topics, row: CommandRow) -> None:
+        assert self._publisher is not None
+        if row.name == "set_config":
+            doc = encode_config(config_document(row))
+            await self._publisher.publish(topics.desired_config, doc, qos=1, retain=True)
+        payload = encode_command(command_message(row))
+        await self._publisher.publish(topics.cmd, payload, qos=1, retain=False)
+
+    async def sweep(self) -> int:
+        """Flush every online device with queued commands; returns how many were sent."""
+        sent = 0
+        for device in await self._store.list_devices():
+            presence = await self._store.presence(device.id)
+            if presence is not None and presence.online and not device.disabled:
+                sent += await self.flush(device.id)
+        return sent
+
+    async def on_event(self, event: StreamEvent) -> None:
+        """React to a stream event: a ``vehicle.online`` (birth) sends what was queued."""
+        if event.type == "vehicle.online":
+            await self.flush(event.device_id)
+
+    async def run(self, bus: EventBus | None = None) -> None:
+        """Send on births (from ``bus``) and sweep periodically, until cancelled."""
+        sweeper = asyncio.create_task(self._sweep_forever(), name="commands-sweep")
+        try:
+            if bus is None:
+                await sweeper
+                return
+            key, sub = bus.subscribe(make_filter(None, {"vehicle.online"}), maxsize=10_000)
+            try:
+                async for event in sub:
+                    await self._guarded(self.on_event(event))
+            finally:
+                bus.unsubscribe(key)
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await self._guarded(self.sweep())
+            await asyncio.sleep(self._sweep_interval_s)
+
+    async def _guarded(self, work: Awaitable[object]) -> None:
+        """Run one unit of work; a store or broker failure is logged, never ends the loop."""
+        try:
+            await work
+        except CloudError as exc:
+            log.warning("command delivery: %s", exc)
