@@ -1,8 +1,8 @@
 """Benchmarks: ``uv run python -m bench [scenario ...] [--json FILE]``.
 
 Prints one line per figure and a JSON summary at the end (also written to bench/results/).
-Scenarios: can_capture, outbox_append, payload, agent_rss. Figures are measured on the machine
-that runs this; nothing here asserts a goal, it reports against it.
+Scenarios: can_capture, outbox_append, payload, agent_rss (edge); ingest (cloud). Figures are
+measured on the machine that runs this; nothing here asserts a goal, it reports against it.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import agent_rss, capture, payload
+from bench import agent_rss, capture, ingest, payload
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "can_capture": lambda a: asyncio.run(capture.can_capture(a.data)),
     "outbox_append": lambda a: asyncio.run(capture.outbox_append()),
     "payload": lambda a: payload.bytes_per_position(),
     "agent_rss": lambda a: agent_rss.agent_rss(a.data, a.rss_seconds),
+    "ingest": lambda a: ingest.ingest(),
 }
 
 ROOT = Path(__file__).resolve().parents[1]
