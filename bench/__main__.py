@@ -1,8 +1,9 @@
 """Benchmarks: ``uv run python -m bench [scenario ...] [--json FILE]``.
 
 Prints one line per figure and a JSON summary at the end (also written to bench/results/).
-Scenarios: can_capture, outbox_append, payload, agent_rss (edge); ingest (cloud). Figures are
-measured on the machine that runs this; nothing here asserts a goal, it reports against it.
+Scenarios: can_capture, outbox_append, payload, agent_rss (edge); ingest, stream_latency
+(cloud). Figures are measured on the machine that runs this; nothing here asserts a goal, it
+reports against it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import agent_rss, capture, ingest, payload
+from bench import agent_rss, capture, ingest, payload, stream_latency
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "can_capture": lambda a: asyncio.run(capture.can_capture(a.data)),
@@ -25,6 +26,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "payload": lambda a: payload.bytes_per_position(),
     "agent_rss": lambda a: agent_rss.agent_rss(a.data, a.rss_seconds),
     "ingest": lambda a: ingest.ingest(),
+    "stream_latency": lambda a: stream_latency.stream_latency(),
 }
 
 ROOT = Path(__file__).resolve().parents[1]
