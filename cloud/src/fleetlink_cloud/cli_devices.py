@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from fleetlink_cloud.cli_store import add_store_options, run_with_store
+from fleetlink_cloud.cli_store import add_store_options, audit_cli, run_with_store
 from fleetlink_cloud.config import CloudSettings
 from fleetlink_cloud.registry import (
     DeviceCredentials,
@@ -59,6 +60,13 @@ def _cmd_add(args: argparse.Namespace) -> int:
             return 1
         creds = await add_device(
             store, args.device_id, name=args.name, prefix=settings.broker.topic_prefix
+        )
+        await audit_cli(
+            store,
+            "devices add",
+            f"device {creds.device_id}",
+            now_wall_ns=time.time_ns(),
+            status=201,
         )
         if args.passwd_file is not None:
             write_passwd_line(args.passwd_file, creds.passwd_line)

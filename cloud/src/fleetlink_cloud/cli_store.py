@@ -41,3 +41,17 @@ def run_with_store(args: argparse.Namespace, work: Work) -> int:
     except (CloudError, OSError) as exc:  # OSError: an unwritable passwd or ACL file
         print(f"fleetlink-cloud: {exc}", file=sys.stderr)
         return 1
+
+
+async def audit_cli(
+    store: Store, command: str, detail: str, *, now_wall_ns: int, status: int
+) -> None:
+    """The audit row of a write made from the command line (actor ``cli``)."""
+    await store.add_audit(
+        ts_wall_ns=now_wall_ns,
+        actor="cli",
+        method="CLI",
+        path=command,
+        status=status,
+        detail=detail,
+    )

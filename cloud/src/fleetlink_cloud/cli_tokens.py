@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from fleetlink_cloud import tokens
-from fleetlink_cloud.cli_store import add_store_options, run_with_store
+from fleetlink_cloud.cli_store import add_store_options, audit_cli, run_with_store
 from fleetlink_cloud.config import CloudSettings
 from fleetlink_cloud.errors import NotFound
 from fleetlink_cloud.store import Store
@@ -53,14 +53,8 @@ async def create_token(store: Store, name: str, scope: Scope, now_wall_ns: int) 
         token_hash=new.secret_hash,
         created_wall_ns=now_wall_ns,
     )
-    await store.add_audit(
-        ts_wall_ns=now_wall_ns,
-        actor="cli",
-        method="CLI",
-        path="tokens create",
-        status=201,
-        detail=f"token {new.token_id} ({name}, scope {scope})",
-    )
+    detail = f"token {new.token_id} ({name}, scope {scope})"
+    await audit_cli(store, "tokens create", detail, now_wall_ns=now_wall_ns, status=201)
     return new.token
 
 
@@ -111,14 +105,8 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
         except NotFound:
             print(f"fleetlink-cloud: no token {token_id}", file=sys.stderr)
             return 1
-        await store.add_audit(
-            ts_wall_ns=now,
-            actor="cli",
-            method="CLI",
-            path="tokens revoke",
-            status=200,
-            detail=f"token {row.token_id} ({row.name})",
-        )
+        detail = f"token {row.token_id} ({row.name})"
+        await audit_cli(store, "tokens revoke", detail, now_wall_ns=now, status=200)
         print(f"token {row.token_id} ({row.name}) revoked")
         return 0
 
