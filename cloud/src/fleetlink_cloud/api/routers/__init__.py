@@ -13,12 +13,14 @@ from fleetlink_cloud.api.routers import (
     positions,
     signals,
     stream,
+    summary,
     vehicles,
     webhooks,
 )
 
 ROUTERS: tuple[APIRouter, ...] = (
     vehicles.router,
+    summary.router,
     positions.router,
     signals.router,
     dtcs.router,
