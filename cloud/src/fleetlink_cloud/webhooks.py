@@ -5,7 +5,10 @@ handled), so nothing is lost or skipped across restarts, and delivers the events
 subscribed types one at a time, in event-id order. An event is retried with jittered exponential
 backoff up to ``WebhookSettings.max_attempts`` attempts, then given up (logged) so one poisoned
 event cannot stall the stream forever; ``disable_after_failures`` consecutive failed attempts
-disable the webhook until someone enables it again. Every attempt lands in the delivery log.
+disable the webhook until someone enables it again. Every attempt lands in the delivery log,
+which is also where a restarted dispatcher learns how far the pending event had got. Delivery is
+at least once: a process stopped between an answer and its log entry sends that event again, so
+receivers dedupe by ``Fleetlink-Event-Id``.
 
 Request (one event per POST)::
 
@@ -24,7 +27,8 @@ was signed, ``v1`` the lowercase hex HMAC-SHA256, keyed with the webhook's secre
 bytes ``f"{t}."`` followed by the exact request body. A receiver recomputes it over the raw body,
 compares in constant time, and refuses a ``t`` further than a tolerance (300 s by default) from
 its own clock, which stops replays (``verify_signature`` does all three). Any 2xx answer is
-success; anything else, a redirect, a timeout or a connection error is a failed attempt.
+success; anything else, a redirect, a timeout (``timeout_s`` for the whole attempt) or a
+connection error is a failed attempt.
 
 Run ``WebhookDispatcher`` in ONE process per database: two dispatchers would deliver twice.
 """
@@ -43,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 import httpx
 
@@ -85,9 +89,11 @@ def verify_signature(
     candidates: list[str] = []
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit() and len(value) < 16:
+        # ASCII digits only: str.isdigit() also accepts "²" (int() refuses it) and other scripts'
+        # digits, which are not the text that was signed.
+        if key == "t" and value.isascii() and value.isdigit() and len(value) < 16:
             timestamp = int(value)
-        elif key == "v1":
+        elif key == "v1" and value.isascii():  # compare_digest raises TypeError for non-ASCII
             candidates.append(value)
     if timestamp is None or not candidates or abs(now_s - timestamp) > tolerance_s:
         return False
@@ -117,6 +123,16 @@ def wants(hook: Webhook, event: StreamEvent) -> bool:
     return event.type in hook.event_types
 
 
+Handled = Literal["delivered", "given_up", "stopped"]
+"""What became of one event: delivered (a 2xx), given up (``max_attempts`` attempts failed; the
+cursor moves past it either way), or stopped: the webhook was disabled or deleted before either,
+so the event stays pending and is tried again (continuing its attempt count) once enabled."""
+
+
+def _new_client(timeout_s: float) -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """One delivery attempt: ok for any 2xx; otherwise the status or the transport error."""
@@ -129,7 +145,8 @@ class Outcome:
 class WebhookDispatcher:
     """Delivers stream events to every enabled webhook; ``run()`` until cancelled.
 
-    Use as an async context manager (it owns its HTTP client unless one is given).
+    Use as an async context manager: entering builds the HTTP client (unless one is given),
+    leaving stops every delivery task and closes the client if this dispatcher built it.
     """
 
     def __init__(
@@ -146,9 +163,7 @@ class WebhookDispatcher:
         self._store = store
         self._settings = settings
         self._own_client = client is None
-        self._client = client or httpx.AsyncClient(
-            timeout=settings.timeout_s, follow_redirects=False, headers={"User-Agent": USER_AGENT}
-        )
+        self._client = client
         self._clock = clock
         self._rand = rand
         self._poll_interval_s = poll_interval_s
@@ -158,6 +173,9 @@ class WebhookDispatcher:
         self.counters: dict[str, int] = {"delivered": 0, "failed_attempts": 0, "given_up": 0}
 
     async def __aenter__(self) -> Self:
+        if self._client is None:
+            # Building a client reads the CA bundle from disk: blocking, so not on the loop.
+            self._client = await asyncio.to_thread(_new_client, self._settings.timeout_s)
         return self
 
     async def __aexit__(
@@ -170,20 +188,33 @@ class WebhookDispatcher:
 
     async def aclose(self) -> None:
         """Stop every delivery task and close the HTTP client (if this dispatcher made it)."""
+        await self._stop_tasks()
+        if self._own_client and self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    async def _stop_tasks(self) -> None:
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._own_client:
-            await self._client.aclose()
+        self._wakers.clear()
 
     # -- one attempt -------------------------------------------------------------------------
 
     async def attempt(self, hook: Webhook, event: StreamEvent, attempt: int) -> Outcome:
-        """POST one event once, signed now. Never raises for receiver or network trouble."""
+        """POST one event once, signed now. Never raises for receiver or network trouble.
+
+        ``timeout_s`` bounds the whole attempt: httpx's timeout applies to each read or write,
+        so a receiver dripping its answer byte by byte would hold the webhook up for ever.
+        Raises RuntimeError outside ``async with``.
+        """
+        if self._client is None:
+            raise RuntimeError("WebhookDispatcher used outside `async with`")
         body = event_body(hook.id, event)
         headers = {
+            "User-Agent": USER_AGENT,
             "Content-Type": "application/json",
             "Fleetlink-Event-Id": str(event.id),
             "Fleetlink-Event-Type": event.type,
@@ -191,10 +222,13 @@ class WebhookDispatcher:
             SIGNATURE_HEADER: sign(hook.secret, body, self._clock() // 1_000_000_000),
         }
         try:
-            # Streamed and never read: a receiver's answer body is of no use and may be huge.
-            async with self._client.stream("POST", hook.url, content=body, headers=headers) as r:
-                status = r.status_code
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self._settings.timeout_s):
+                # Streamed and never read: a receiver's answer body is of no use and may be huge.
+                async with self._client.stream(
+                    "POST", hook.url, content=body, headers=headers, follow_redirects=False
+                ) as response:
+                    status = response.status_code
+        except (httpx.TimeoutException, TimeoutError):
             return Outcome(False, None, f"timeout after {self._settings.timeout_s} s")
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return Outcome(False, None, f"{type(exc).__name__}: {exc}"[:500])
@@ -203,65 +237,78 @@ class WebhookDispatcher:
         return Outcome(False, status, f"HTTP {status}")
 
     async def ping(self, hook: Webhook) -> Outcome:
-        """Send a ``webhook.ping`` test event once (no retries) and log it with event id 0."""
+        """Send a ``webhook.ping`` test event once (no retries) and log it with event id 0.
+
+        The store counts a failed ping among the consecutive failures, but it never disables.
+        """
         now = self._clock()
         event = StreamEvent(PING_EVENT_ID, PING_EVENT_TYPE, "", now, {"webhook_id": hook.id})
         outcome = await self.attempt(hook, event, 1)
-        await self._store.record_delivery(
-            hook.id,
-            event_id=PING_EVENT_ID,
-            attempt=1,
+        await self._record(hook.id, PING_EVENT_ID, 1, outcome, 0.0, disable_after=None)
+        return outcome
+
+    async def _record(
+        self, hook_id: str, event_id: int, attempt: int, outcome: Outcome, delay_s: float, *,
+        disable_after: int | None,
+    ) -> Webhook:  # fmt: skip
+        """Log one attempt (``delay_s``: the wait before the next one, 0 for none)."""
+        now = self._clock()
+        return await self._store.record_delivery(
+            hook_id,
+            event_id=event_id,
+            attempt=attempt,
             ok=outcome.ok,
             status_code=outcome.status_code,
             error=outcome.error,
-            ts_wall_ns=self._clock(),
-            next_attempt_wall_ns=None,
+            ts_wall_ns=now,
+            next_attempt_wall_ns=None if delay_s == 0.0 else now + int(delay_s * 1e9),
+            disable_after=disable_after,
         )
-        return outcome
 
     # -- one event, with retries -------------------------------------------------------------
 
-    async def deliver(self, hook: Webhook, event: StreamEvent, *, first_attempt: int = 1) -> bool:
-        """Deliver ``event`` with retries; False if given up or the webhook went away/disabled."""
+    async def deliver(
+        self, hook: Webhook, event: StreamEvent, *, first_attempt: int = 1
+    ) -> Handled:
+        """Deliver ``event`` from attempt ``first_attempt`` on, with backoff between attempts.
+
+        Raises StoreError (the caller tries again later, continuing from the delivery log).
+        """
         attempt = first_attempt
+        limit = self._settings.disable_after_failures
         while True:
             outcome = await self.attempt(hook, event, attempt)
             last = attempt >= self._settings.max_attempts
             delay = 0.0 if outcome.ok or last else backoff_s(attempt, self._settings, self._rand())
-            now = self._clock()
-            hook = await self._store.record_delivery(
-                hook.id,
-                event_id=event.id,
-                attempt=attempt,
-                ok=outcome.ok,
-                status_code=outcome.status_code,
-                error=outcome.error,
-                ts_wall_ns=now,
-                next_attempt_wall_ns=None if delay == 0.0 else now + int(delay * 1e9),
-                disable_after=self._settings.disable_after_failures,
+            hook = await self._record(
+                hook.id, event.id, attempt, outcome, delay, disable_after=limit
             )
             if outcome.ok:
                 self.counters["delivered"] += 1
-                return True
+                return "delivered"
             self.counters["failed_attempts"] += 1
             if not hook.enabled:
-                log.warning("webhook %s disabled after repeated failures", hook.id)
-                return False
-            if last:
+                log.warning("webhook %s disabled: %s", hook.id, hook.disabled_reason)
+            if last:  # given up even if that failure also disabled the webhook
                 self.counters["given_up"] += 1
                 log.warning("webhook %s: event %d given up: %s", hook.id, event.id, outcome.error)
-                return False
+                return "given_up"
+            if not hook.enabled:
+                return "stopped"
             await asyncio.sleep(delay)
             current = await self._store.get_webhook(hook.id)
             if current is None or not current.enabled:
-                return False
+                return "stopped"
             hook = current  # the URL or secret may have changed meanwhile
             attempt += 1
 
     # -- tailing -------------------------------------------------------------------------------
 
     async def run(self, bus: EventBus | None = None) -> None:
-        """Keep one delivery task per enabled webhook, until cancelled; ``bus`` wakes them early."""
+        """Keep one delivery task per enabled webhook, until cancelled; ``bus`` wakes them early.
+
+        Call it inside ``async with``; cancelling it stops the delivery tasks.
+        """
         listener = None
         if bus is not None:
             listener = asyncio.create_task(self._listen(bus), name="webhooks-wake")
@@ -274,7 +321,7 @@ class WebhookDispatcher:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
-            await self.aclose()
+            await self._stop_tasks()
 
     async def refresh(self) -> None:
         """Start tasks for enabled webhooks that have none; finished tasks are forgotten."""
@@ -282,6 +329,8 @@ class WebhookDispatcher:
             if task.done():
                 del self._tasks[hook_id]
                 self._wakers.pop(hook_id, None)
+                if not task.cancelled() and (exc := task.exception()) is not None:
+                    log.error("webhook %s: delivery task failed", hook_id, exc_info=exc)
         try:
             hooks = await self._store.list_webhooks()
         except CloudError as exc:
@@ -309,7 +358,6 @@ class WebhookDispatcher:
 
     async def _tail(self, hook_id: str) -> None:
         """Deliver one webhook's events from its cursor until it is disabled or deleted."""
-        resume = True
         while True:
             try:
                 hook = await self._store.get_webhook(hook_id)
@@ -318,36 +366,44 @@ class WebhookDispatcher:
                 events = await self._store.stream_events_after(hook.cursor, PAGE_SIZE)
                 if not events:
                     await self._idle(hook_id)
-                    continue
-                if not await self._deliver_page(hook, events, resume=resume):
+                elif not await self._deliver_page(hook, events):
                     return
-                resume = False
             except CloudError as exc:  # the store is down: wait and try again
                 log.warning("webhook %s: %s", hook_id, exc)
                 await asyncio.sleep(self._poll_interval_s)
 
-    async def _deliver_page(
-        self, hook: Webhook, events: list[StreamEvent], *, resume: bool
-    ) -> bool:
-        """Deliver the wanted events of one page, moving the cursor; False once disabled."""
+    async def _deliver_page(self, hook: Webhook, events: list[StreamEvent]) -> bool:
+        """Deliver the wanted events of a page read from the cursor, moving the cursor past each
+        one handled; False once the webhook is disabled or deleted."""
+        first = True
         for event in events:
             if not wants(hook, event):
                 continue
-            first = await self._resume_attempt(hook.id, event.id) if resume else 1
-            resume = False
-            ok = await self.deliver(hook, event, first_attempt=first)
-            if not ok:
-                current = await self._store.get_webhook(hook.id)
-                if current is None or not current.enabled:
-                    return False
+            current = await self._store.get_webhook(hook.id)  # disabled meanwhile?
+            if current is None or not current.enabled:
+                return False
+            # Only the first wanted event after the cursor can have been tried already: by a
+            # process that stopped, before a store outage, or before the webhook was disabled.
+            start = await self._resume_attempt(hook.id, event.id) if first else 1
+            first = False
+            if start is None:
+                log.info("webhook %s: event %d was handled before a restart", hook.id, event.id)
+            elif await self.deliver(current, event, first_attempt=start) == "stopped":
+                return False
             await self._store.set_webhook_cursor(hook.id, event.id)
         await self._store.set_webhook_cursor(hook.id, events[-1].id)
         return True
 
-    async def _resume_attempt(self, hook_id: str, event_id: int) -> int:
-        """After a restart, continue counting attempts of the event that was being retried."""
+    async def _resume_attempt(self, hook_id: str, event_id: int) -> int | None:
+        """The attempt to go on with, from the event's newest logged attempt: None if that one
+        succeeded or was the last allowed (handled, only the cursor did not move)."""
         logged = await self._store.deliveries(hook_id, limit=1, event_id=event_id)
-        return logged[0].attempt + 1 if logged and not logged[0].ok else 1
+        if not logged:
+            return 1
+        newest = logged[0]
+        if newest.ok or newest.attempt >= self._settings.max_attempts:
+            return None
+        return newest.attempt + 1
 
     async def _idle(self, hook_id: str) -> None:
         waker = self._wakers.get(hook_id)
