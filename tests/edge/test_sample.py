@@ -58,6 +58,17 @@ def test_dtc_first_sighting_then_cleared_after_silence() -> None:
     assert s.tick(T0 + 60 * S) == []
 
 
+def test_obd_dtcs_are_not_cleared_by_silence() -> None:
+    """Service 03 is read once a minute; the poller itself reports a code that went away."""
+    s = Sampler(SamplingSettings(dtc_clear_after_s=5.0))
+    d = Dtc(T0, DtcSource.OBD, "P0420", ecu=0x7E8)
+    assert s.offer(d) == d
+    assert s.tick(T0 + 600 * S) == []
+    assert s.offer(Dtc(T0 + 60 * S, DtcSource.OBD, "P0420", ecu=0x7E8)) is None  # still known
+    gone = Dtc(T0 + 120 * S, DtcSource.OBD, "P0420", ecu=0x7E8, active=False)
+    assert s.offer(gone) == gone
+
+
 def test_events_always_pass() -> None:
     s = Sampler(SamplingSettings())
     e = Event(T0, "ignition_on")

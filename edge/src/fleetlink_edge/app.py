@@ -1,8 +1,11 @@
 """The composition root: builds the agent from settings and runs its loops until told to stop.
 
 Two loops meet only at the outbox: capture (sources -> decode -> sample -> outbox) and uplink
-(outbox -> MQTT -> ack). Shutdown order keeps every accepted record: stop the sources, flush the
-capture queue into the outbox, let the uplink settle its in-flight publishes, close the outbox.
+(outbox -> MQTT -> ack). Downlink commands arrive on the uplink's connection (``dn/#``) and are
+answered through an in-memory ack queue on the same connection. Shutdown order keeps every
+accepted record: stop the sources and the command handler, flush the capture queue into the
+outbox, send the acks still queued, let the uplink settle its in-flight publishes, close the
+outbox.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -18,7 +22,9 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from fleetlink_edge import __version__
+from fleetlink_edge.backoff import Backoff
 from fleetlink_edge.capture import Capture
+from fleetlink_edge.commands import AckQueue, CommandHandler, DtcReader
 from fleetlink_edge.config import EdgeSettings
 from fleetlink_edge.errors import ConfigError
 from fleetlink_edge.health import Heartbeats, SystemdNotifier, collect_counters
@@ -28,6 +34,7 @@ from fleetlink_edge.uplink import Uplink
 from fleetlink_protocols.catalog import AliasTable
 from fleetlink_protocols.messages import Birth
 from fleetlink_protocols.records import Health, Position, Record
+from fleetlink_protocols.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,9 @@ class Agent:
         self._now = now_wall_ns
         self._counter_sources: dict[str, Callable[[], dict[str, int]]] = {}
         self._heartbeats = Heartbeats(max_silence_s=30.0)
+        self._health_interval_s = settings.health.interval_s
+        self._health_changed = asyncio.Event()
+        self._read_dtcs: DtcReader | None = None  # the OBD poller's, once it exists
 
     def counters(self) -> dict[str, int]:
         """Every component's counters, flattened as ``component.name``."""
@@ -90,6 +100,11 @@ class Agent:
 
     def _count(self, name: str, read: Callable[[], dict[str, int]]) -> None:
         self._counter_sources[name] = read
+
+    def set_health_interval(self, interval_s: float) -> None:
+        """Change the Health record period while running (``set_config`` health.interval_s)."""
+        self._health_interval_s = interval_s
+        self._health_changed.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set or a loop fails (then raise, so systemd restarts us)."""
@@ -103,14 +118,7 @@ class Agent:
                 now_wall_ns=self._now,
                 on_commit=lambda: self._heartbeats.beat("capture", time.monotonic_ns()),
             )
-            birth = Birth(
-                device_id=s.device.id,
-                boot_id=self.boot_id,
-                agent_version=__version__,
-                started_wall_ns=self._now(),
-                aliases=AliasTable.for_paths(signal_paths(s)),
-            )
-            uplink = Uplink(s.uplink, s.device.id, outbox, birth)
+            uplink = self._uplink(outbox)
             self._count("outbox", lambda: dict(outbox.counters))
             self._count("sampler", lambda: sampler.counters)
             self._count("capture", lambda: capture.counters)
@@ -121,6 +129,7 @@ class Agent:
                 "capture": asyncio.create_task(capture.run(), name="capture"),
                 "uplink": asyncio.create_task(uplink.run(), name="uplink"),
             }
+            acks, handlers = self._downlink(uplink)
             sources = [asyncio.create_task(c, name=n) for n, c in producers.items()]
             health = asyncio.create_task(self._health(capture), name="health")
             log.info(
@@ -131,14 +140,61 @@ class Agent:
                 ", ".join(producers) or "no sources",
             )
             self._notifier.ready(f"device {s.device.id} boot {self.boot_id}")
-            failure = await self._wait(stop, [*core.values(), *sources, health])
+            failure = await self._wait(stop, [*core.values(), *handlers, *sources, health])
             self._notifier.stopping()
-            await _cancel(sources)
+            await _cancel([*sources, *handlers])
             await _cancel([core["capture"]])
+            if acks is not None:
+                await acks.flush(s.uplink.shutdown_drain_s)
             await _cancel([core["uplink"], health])
             log.info("agent stopped; counters: %s", self.counters())
             if failure is not None:
                 raise failure
+
+    def _uplink(self, outbox: Outbox) -> Uplink:
+        s = self.settings
+        birth = Birth(
+            device_id=s.device.id,
+            boot_id=self.boot_id,
+            agent_version=__version__,
+            started_wall_ns=self._now(),
+            aliases=AliasTable.for_paths(signal_paths(s)),
+        )
+        topics = Topics(s.uplink.topic_prefix, s.device.id)
+        subscribe = [topics.downlink_filter] if s.commands.enabled else []
+        return Uplink(s.uplink, s.device.id, outbox, birth, subscribe=subscribe)
+
+    def _downlink(self, uplink: Uplink) -> tuple[AckQueue | None, list[asyncio.Task[None]]]:
+        """The command handler on the uplink's messages and its ack queue, as running tasks."""
+        s = self.settings
+        if not s.commands.enabled:
+            return None, []
+        retry = Backoff(s.uplink.backoff_initial_s, s.uplink.backoff_max_s, random.random)
+        acks = AckQueue(
+            uplink.client,
+            uplink.topics.ack,
+            s.commands.ack_queue_size,
+            retry,
+            require_subscriber=s.uplink.require_subscriber,
+        )
+        started_s = time.monotonic()
+        handler = CommandHandler(
+            s.commands,
+            uplink.topics,
+            acks,
+            agent_version=__version__,
+            agent_settings=s,
+            now_wall_ns=self._now,
+            uptime_s=lambda: time.monotonic() - started_s,
+            read_dtcs=self._read_dtcs,
+            live={"health.interval_s": self.set_health_interval},
+        )
+        self._count("commands", lambda: handler.counters)
+        self._count("acks", lambda: acks.counters)
+        return acks, [
+            asyncio.create_task(handler.run(uplink.client.messages()), name="commands"),
+            asyncio.create_task(acks.run(), name="acks"),
+        ]
 
     async def _producers(
         self, stack: contextlib.AsyncExitStack, capture: Capture
@@ -163,24 +219,33 @@ class Agent:
             if s.can.obd.enabled:
                 poller = ObdPoller(port, s.can.obd)
                 self._count("obd", lambda: poller.counters)
+                self._read_dtcs = poller.request_dtc_read
                 producers["obd"] = _pump(poller.records(), capture)
         return producers
 
     async def _health(self, capture: Capture) -> None:
         """Periodic Health record; watchdog pings only while the capture loop is beating."""
-        interval_s = self.settings.health.interval_s
-        tick_s = min(interval_s, self._watchdog_s or interval_s)
-        next_health = time.monotonic() + interval_s
+        next_health = time.monotonic() + self._health_interval_s
         while True:
-            await asyncio.sleep(tick_s)
+            interval_s = self._health_interval_s
+            await self._nap(min(interval_s, self._watchdog_s or interval_s))
+            if self._health_interval_s != interval_s:  # set_config: the new period starts now
+                next_health = time.monotonic() + self._health_interval_s
             stale = self._heartbeats.stale(time.monotonic_ns())
             if stale:
                 log.error("loops not beating: %s; withholding the watchdog ping", ", ".join(stale))
             elif self._watchdog_s is not None:
                 self._notifier.watchdog()
             if time.monotonic() >= next_health:
-                next_health += interval_s
+                next_health += self._health_interval_s
                 capture.submit(Health(ts_wall_ns=self._now(), counters=self.counters()))
+
+    async def _nap(self, delay_s: float) -> None:
+        """Sleep ``delay_s``, or less if the health interval changes meanwhile."""
+        self._health_changed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                await self._health_changed.wait()
 
     @staticmethod
     async def _wait(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> BaseException | None:

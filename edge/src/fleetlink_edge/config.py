@@ -7,11 +7,12 @@ component receives its own sub-model.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -195,6 +196,18 @@ class HealthSettings(_Section):
     watchdog: bool = True
 
 
+class CommandSettings(_Section):
+    """Downlink commands (``dn/cmd``) and their acks (``ack``)."""
+
+    enabled: bool = True
+    # Command ids remembered to drop redelivered copies (MQTT QoS 1 is at least once).
+    remember_ids: Annotated[int, Field(gt=0, le=100_000)] = 1024
+    # Acks waiting for the broker while the link is down; beyond this the oldest go (counted).
+    ack_queue_size: Annotated[int, Field(gt=0, le=100_000)] = 256
+    # How long read_dtcs waits for the OBD poller's next turn and the ECUs' answers.
+    read_dtcs_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+
+
 class EdgeSettings(BaseSettings):
     """Everything the agent reads at start; see firmware-config/agent.toml for an example."""
 
@@ -214,6 +227,7 @@ class EdgeSettings(BaseSettings):
     outbox: OutboxSettings = OutboxSettings()
     uplink: UplinkSettings = UplinkSettings()
     health: HealthSettings = HealthSettings()
+    commands: CommandSettings = CommandSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -232,8 +246,6 @@ class EdgeSettings(BaseSettings):
 
 def load_settings(path: Path | None, **overrides: Any) -> EdgeSettings:
     """Read and validate settings; raise ConfigError with every problem listed."""
-    from pydantic import ValidationError
-
     if path is not None and not path.is_file():
         raise ConfigError(f"config file not found: {path}")
 
@@ -243,11 +255,53 @@ def load_settings(path: Path | None, **overrides: Any) -> EdgeSettings:
     try:
         settings = _FromFile(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"invalid configuration ({path or 'defaults'}): {problems}") from exc
+        raise ConfigError(
+            f"invalid configuration ({path or 'defaults'}): {_problems(exc)}"
+        ) from exc
     except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
         raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
     return EdgeSettings.model_validate(settings.model_dump())
+
+
+def with_changes(settings: EdgeSettings, changes: Mapping[str, Any]) -> EdgeSettings:
+    """``settings`` with a partial document (section -> key -> value) merged in and validated.
+
+    Strictly: a remote document is JSON, so a value must have its setting's type (no "30" for
+    30, no true for 1). Raises ConfigError listing every problem. The command handler checks a
+    ``set_config`` with it; nothing is written anywhere.
+    """
+    updates: dict[str, BaseModel] = {}
+    problems: list[str] = []
+    for section, values in changes.items():
+        current = (
+            getattr(settings, section, None) if section in type(settings).model_fields else None
+        )
+        if not isinstance(current, BaseModel) or not isinstance(values, Mapping):
+            problems.append(f"{section}: not a settings section of key/value pairs")
+            continue
+        merged = _merged(current.model_dump(), values)
+        try:
+            updates[section] = type(current).model_validate(merged, strict=True)
+        except ValidationError as exc:
+            problems.append(_problems(exc, section))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return settings.model_copy(update=updates)
+
+
+def _merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _problems(exc: ValidationError, *within: str) -> str:
+    """A pydantic ValidationError as ``section.key: message; ...``."""
+    return "; ".join(
+        f"{'.'.join([*within, *(str(p) for p in err['loc'])]) or '<root>'}: {err['msg']}"
+        for err in exc.errors()
+    )

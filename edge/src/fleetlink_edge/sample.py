@@ -3,8 +3,10 @@
 Positions: at most one per ``position_interval_s``, but a change of fix mode always passes.
 Signals: per path, at most one per ``signal_interval_s`` and only when the value changed; an
 unchanged value is repeated after ``signal_max_silence_s`` so "no record" never means "no data".
-DTCs: the first sighting passes, repeats are dropped; a code not seen again for
-``dtc_clear_after_s`` is reported once more with ``active=False`` (``tick``).
+DTCs: the first sighting passes, repeats are dropped. A J1939 DM1 code not broadcast again for
+``dtc_clear_after_s`` is reported once more with ``active=False`` (``tick``): DM1 repeats every
+second while a code is active (J1939-73). OBD-II codes are never cleared by silence: the poller
+reads service 03 only every ``dtc_interval_s`` and reports a clear itself when a code is gone.
 Events and health records always pass.
 """
 
@@ -13,7 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from fleetlink_edge.config import SamplingSettings
-from fleetlink_protocols.records import Dtc, Event, Health, Position, Record, SignalValue
+from fleetlink_protocols.records import (
+    Dtc,
+    DtcSource,
+    Event,
+    Health,
+    Position,
+    Record,
+    SignalValue,
+)
 
 _NS = 1_000_000_000
 
@@ -84,7 +94,8 @@ class Sampler:
             known = self._dtcs.pop(key, None)
             self._dtc_seen_ns.pop(key, None)
             return dtc if known is not None else None
-        self._dtc_seen_ns[key] = dtc.ts_wall_ns
+        if dtc.source == DtcSource.J1939:
+            self._dtc_seen_ns[key] = dtc.ts_wall_ns
         known = self._dtcs.get(key)
         if known is not None and known.occurrences == dtc.occurrences and known.lamps == dtc.lamps:
             return None

@@ -161,10 +161,12 @@ class Uplink:
     async def _session(self) -> bool:
         """One connection's life; returns whether it worked well enough to reset the backoff."""
         try:
-            info = await self.client.connect()
-            if not info.session_present:  # the broker forgot us (new, expired or wiped)
-                for topic_filter in self._subscriptions:
-                    await self.client.subscribe(topic_filter, qos=1)
+            await self.client.connect()
+            # On every connect, not only when the broker has no session: a session kept from
+            # before an upgrade may lack a filter this version reads. A repeat SUBSCRIBE is
+            # harmless (MQTT 5 §3.8.4: it replaces the subscription, queued messages stay).
+            for topic_filter in self._subscriptions:
+                await self.client.subscribe(topic_filter, qos=1)
         except BrokerRefused as exc:
             self.counters.broker_refused += 1
             log.error("%s; check the device's credentials and the broker ACL", exc)

@@ -71,9 +71,18 @@ class EcuState:
     dtcs: list[str] = field(default_factory=list)
     vin: str = "1FLTS2AB1NA000042"  # ISO 3779 check digit (position 9) is valid
     ignition_on: bool = True  # False: the ECU is silent, as with the key off
+    # A simulated drive stores this DTC once it has run this long (None: never), the way a
+    # real fault turns up mid-drive, between two scheduled service 03 reads. P0420: catalyst
+    # efficiency below threshold (bank 1), a common fault that needs no immediate stop.
+    drive_fault: str = "P0420"
+    drive_fault_after_s: float | None = 8.0
 
     def follow(self, drive: DriveState, *, odometer_start_km: float = 48_213.4) -> None:
         """Agree with the simulated drive that also feeds the simulated GNSS receiver."""
+        if self.drive_fault_after_s is not None and drive.t_s >= self.drive_fault_after_s:
+            self.drive_fault_after_s = None  # once: a service 04 clear stays cleared
+            if self.drive_fault not in self.dtcs:
+                self.dtcs.append(self.drive_fault)
         self.speed_kmh = drive.speed_mps * 3.6  # DriveState is in m/s, J1979 PID 0D in km/h
         self.rpm = drive.engine_rpm
         self.run_time_s = drive.t_s

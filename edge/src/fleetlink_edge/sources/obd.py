@@ -3,15 +3,16 @@
 Discovery asks the supported-PID bitmaps (PIDs 00, 20, 40, ...) on the functional address and
 keeps, per answering ECU (0x7E8-0x7EF), the PIDs it supports. Then the configured PIDs that
 some ECU supports are polled every ``poll_interval_s``, stored DTCs (service 03) every
-``dtc_interval_s``, and the VIN (service 09 InfoType 02) once. A multi-frame answer gets its
-flow control on the ECU's physical address 0x7E0+n. A request ends when every ECU expected to
-answer has answered, or at its timeout. When the ECUs fall silent (ignition off), the poller
-goes back to discovery.
+``dtc_interval_s`` and on request (``request_dtc_read``), and the VIN (service 09 InfoType 02)
+once. A multi-frame answer gets its flow control on the ECU's physical address 0x7E0+n. A
+request ends when every ECU expected to answer has answered, or at its timeout. When the ECUs
+fall silent (ignition off), the poller goes back to discovery.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -46,7 +47,11 @@ COUNTERS = (
     "send_errors",
     "rediscoveries",
     "overruns",  # poll cycles that took longer than their interval
+    "dtc_reads_requested",  # service 03 reads asked for out of schedule (request_dtc_read)
 )
+
+DtcReading = dict[int, frozenset[str]]
+"""ECU response id -> the stored DTCs it reported; empty when no ECU answered."""
 
 
 class FrameSubscription(Protocol):
@@ -172,6 +177,8 @@ class ObdPoller:
         self._dtcs: dict[int, frozenset[str]] = {}
         self._queue: FrameSubscription | None = None
         self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._dtc_waiters: list[asyncio.Future[DtcReading]] = []
+        self._wake = asyncio.Event()
 
     @property
     def counters(self) -> dict[str, int]:
@@ -198,6 +205,7 @@ class ObdPoller:
                 for record in await self._discover():
                     yield record
                 if not self.support:
+                    self._answer_dtc_waiters({})  # nobody on the bus to ask
                     await asyncio.sleep(s.discovery_retry_s)
                     continue
                 next_poll = next_dtc = loop.time()
@@ -205,8 +213,10 @@ class ObdPoller:
                 while silent_cycles < s.rediscover_after_silent_cycles:
                     batch: list[Record] = []
                     answered = False
-                    if loop.time() >= next_dtc:
+                    due = loop.time() >= next_dtc
+                    if due or self._dtc_waiters:
                         answered |= await self._poll_dtcs(batch)
+                    if due:
                         next_dtc = self._next_tick(next_dtc, s.dtc_interval_s, loop.time())
                     if loop.time() >= next_poll:
                         answered |= await self._poll_pids(batch)
@@ -214,12 +224,46 @@ class ObdPoller:
                     silent_cycles = 0 if answered else silent_cycles + 1
                     for record in batch:
                         yield record
-                    await asyncio.sleep(max(0.0, min(next_poll, next_dtc) - loop.time()))
+                    await self._nap(max(0.0, min(next_poll, next_dtc) - loop.time()))
                 log.info("OBD ECUs went silent; rediscovering")
                 self._count("rediscoveries")
                 self.support = {}
         finally:
             self._queue.close()
+            self._answer_dtc_waiters(None)  # stopped
+
+    def request_dtc_read(self) -> asyncio.Future[DtcReading]:
+        """A service 03 read at the poll loop's next turn (the ``read_dtcs`` command).
+
+        The future gets each answering ECU's stored codes ({} if none answered), or
+        SourceClosed if the poller stops first; cancelling it is harmless. The read's Dtc
+        records come out of ``records()``, every stored code (the sampler drops repeats).
+        """
+        waiter: asyncio.Future[DtcReading] = asyncio.get_running_loop().create_future()
+        self._dtc_waiters.append(waiter)
+        self._count("dtc_reads_requested")
+        self._wake.set()
+        return waiter
+
+    async def _nap(self, delay_s: float) -> None:
+        """Sleep until the next poll is due, or until a DTC read is requested."""
+        if self._dtc_waiters:
+            return
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                await self._wake.wait()
+
+    def _answer_dtc_waiters(self, reading: DtcReading | None, count: int | None = None) -> None:
+        """Resolve the first ``count`` waiters (all when None), those asked before the read;
+        ``reading`` None: the poller stopped."""
+        n = len(self._dtc_waiters) if count is None else count
+        answered, self._dtc_waiters = self._dtc_waiters[:n], self._dtc_waiters[n:]
+        for waiter in (w for w in answered if not w.done()):
+            if reading is None:
+                waiter.set_exception(SourceClosed("the OBD poller stopped"))
+            else:
+                waiter.set_result(dict(reading))
 
     def _count(self, key: str, n: int = 1) -> None:
         self._counters[key] = self._counters.get(key, 0) + n
@@ -346,8 +390,11 @@ class ObdPoller:
         return answered
 
     async def _poll_dtcs(self, out: list[Record]) -> bool:
-        """Service 03; emits a Dtc when a code appears, and active=False when it clears."""
+        """Service 03; emits a Dtc when a code appears (every stored code on a requested read),
+        and active=False when it clears."""
+        asked = len(self._dtc_waiters)
         answers = await self.request(bytes([obd.SERVICE_STORED_DTCS]), expect=self.support)
+        reading: DtcReading = {}
         for answer, data in self._positives(answers):
             try:
                 codes = frozenset(obd.decode_stored_dtcs(data))
@@ -356,9 +403,12 @@ class ObdPoller:
                 continue
             before = self._dtcs.get(answer.ecu_id, frozenset())
             ts, ecu = answer.ts_wall_ns, answer.ecu_id
-            out.extend(Dtc(ts, DtcSource.OBD, c, ecu=ecu) for c in sorted(codes - before))
+            shown = codes if asked else codes - before
+            out.extend(Dtc(ts, DtcSource.OBD, c, ecu=ecu) for c in sorted(shown))
             out.extend(
                 Dtc(ts, DtcSource.OBD, c, ecu=ecu, active=False) for c in sorted(before - codes)
             )
             self._dtcs[answer.ecu_id] = codes
+            reading[ecu] = codes
+        self._answer_dtc_waiters(reading, asked)
         return bool(answers)
