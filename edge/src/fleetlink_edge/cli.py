@@ -132,6 +132,30 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from fleetlink_edge import doctor
+
+    timeout_s: float = doctor.DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout
+    if timeout_s <= 0:
+        print("fleetlink-edge: --timeout must be positive", file=sys.stderr)
+        return 2
+    return doctor.main(
+        args.config, timeout_s=timeout_s, as_json=args.json, verbose=args.verbose, out=sys.stdout
+    )
+
+
+def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    doc = sub.add_parser(
+        "doctor", help="check config, GNSS, CAN, broker, clock and disk; say what to fix"
+    )
+    doc.add_argument("--config", type=Path, required=True, help="agent TOML file")
+    doc.add_argument("--json", action="store_true", help="print a JSON list of findings")
+    doc.add_argument(
+        "--timeout", type=float, default=None, help="seconds per check (listening, connecting; 5)"
+    )
+    doc.set_defaults(func=_cmd_doctor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetlink-edge", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -158,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--can-fps", type=float, default=0.0, help="replay rate, frames per second")
     sim.add_argument("--report-every", type=float, default=5.0, help="status line period, s")
     sim.set_defaults(func=_cmd_simulate)
+
+    _add_doctor(sub)
 
     decode = sub.add_parser("decode", help="decode a capture file and print JSON lines")
     dsub = decode.add_subparsers(dest="what", required=True)
