@@ -6,7 +6,8 @@ so a history backlog that arrived hours late counts exactly as if it had streame
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Final, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
@@ -16,7 +17,7 @@ from fleetlink_cloud.api.deps import Ctx
 from fleetlink_cloud.api.errors import error_responses
 from fleetlink_cloud.api.params import TIME_HELP, KnownDevice, parse_time
 from fleetlink_cloud.live import derived
-from fleetlink_cloud.store.base import PositionRow, SignalRow, Store
+from fleetlink_cloud.store.base import Page, PositionRow, SignalRow, Store
 from fleetlink_protocols.records import FixMode, Position, SignalValue
 
 MAX_RANGE_NS: Final = 31 * 24 * 3600 * 1_000_000_000  # a month of fixes at most per request
@@ -27,6 +28,8 @@ SIGNAL_PATHS: Final = (
     derived.ENGINE_RUNNING_PATH,
     *derived.ENGINE_SPEED_PATHS,
 )
+
+T = TypeVar("T")
 
 router = APIRouter(tags=["vehicles"], responses=error_responses(401, 403, 404, 422))
 
@@ -53,36 +56,38 @@ class Summary(BaseModel):
     trips: list[TripOut]
 
 
-async def _all_positions(store: Store, device_id: str, start: int, end: int) -> list[PositionRow]:
-    rows: list[PositionRow] = []
+async def _drain(fetch: Callable[[str | None], Awaitable[Page[T]]], what: str) -> list[T]:
+    """Every row of a range, page by page; 422 past MAX_ROWS (the caller asks for less)."""
+    rows: list[T] = []
     cursor: str | None = None
     while True:
-        page = await store.positions(
-            device_id, from_wall_ns=start, to_wall_ns=end, limit=_PAGE, cursor=cursor
-        )
+        page = await fetch(cursor)
         rows.extend(page.items)
         if len(rows) > MAX_ROWS:
-            raise HTTPException(422, f"more than {MAX_ROWS} fixes in range: ask for less")
+            raise HTTPException(422, f"more than {MAX_ROWS} {what} in range: ask for less")
         if page.next_cursor is None:
             return rows
         cursor = page.next_cursor
+
+
+async def _all_positions(store: Store, device_id: str, start: int, end: int) -> list[PositionRow]:
+    return await _drain(
+        lambda c: store.positions(
+            device_id, from_wall_ns=start, to_wall_ns=end, limit=_PAGE, cursor=c
+        ),
+        "fixes",
+    )
 
 
 async def _all_signals(
     store: Store, device_id: str, path: str, start: int, end: int
 ) -> list[SignalRow]:
-    rows: list[SignalRow] = []
-    cursor: str | None = None
-    while True:
-        page = await store.signal_history(
-            device_id, path, from_wall_ns=start, to_wall_ns=end, limit=_PAGE, cursor=cursor
-        )
-        rows.extend(page.items)
-        if len(rows) > MAX_ROWS:
-            raise HTTPException(422, f"more than {MAX_ROWS} samples of {path} in range")
-        if page.next_cursor is None:
-            return rows
-        cursor = page.next_cursor
+    return await _drain(
+        lambda c: store.signal_history(
+            device_id, path, from_wall_ns=start, to_wall_ns=end, limit=_PAGE, cursor=c
+        ),
+        f"samples of {path}",
+    )
 
 
 def _position(r: PositionRow) -> Position:
