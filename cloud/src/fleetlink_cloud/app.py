@@ -34,6 +34,9 @@ from fleetlink_cloud.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
+# Reconnect to the broker soon after an outage: vehicles hold their records until a member of
+# the shared subscription is back (Mosquitto answers "No matching subscribers" until then).
+BROKER_BACKOFF_S = (0.2, 5.0)
 STREAM_POLL_S = 0.05  # store -> WebSocket: the poll interval bounds the added latency
 
 
@@ -101,7 +104,7 @@ def _consumer(settings: CloudSettings, broker: BrokerSettings, worker: str | Non
         broker,
         client_id=client_id(broker, "ingest", worker),
         queue_size=settings.ingest.queue_size,
-        backoff_s=(settings.ingest.retry_initial_s, settings.ingest.retry_max_s),
+        backoff_s=BROKER_BACKOFF_S,
     )
 
 
