@@ -172,14 +172,20 @@ async def read_dtcs_until_p0420(commands: CommandService, store: Store) -> None:
 
 
 async def check_set_config_and_unknown_command(commands: CommandService, store: Store) -> None:
-    values = {"health": {"interval_s": 30}, "sampling": {"position_interval_s": 2}}
+    values = {"health": {"interval_s": 30}, "uplink": {"batch_max_records": 100}}
     created = await commands.create(DEVICE, "set_config", {"values": values})
+    assert created.command.args["version"] == 1  # the desired configuration's new version
     row = await settled(store, created.command.command_id)
     assert (row.status, row.detail) == (
         "done",
-        "applied health.interval_s=30.0; "
-        "not applied, needs a restart: sampling.position_interval_s=2.0",
+        "applied health.interval_s=30.0; pending a restart: uplink.batch_max_records=100",
     )
+
+    async def reported() -> bool:
+        config = await store.get_config(DEVICE)
+        return config.reported is not None and config.reported.version == 1
+
+    await eventually(reported)
     # The service refuses names it does not know, so this one goes into the store directly,
     # as an older or newer cloud might have queued it; the sweep sends it all the same.
     await store.create_command(

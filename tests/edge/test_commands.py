@@ -28,6 +28,7 @@ from fleetlink_edge.config import (
 )
 from fleetlink_edge.errors import NotDelivered, PublishRejected, SourceClosed, UplinkError
 from fleetlink_edge.mqtt import Message, MqttClient
+from fleetlink_edge.remote_config import REMOTE_KEYS, Applied, RemoteConfig, Restored
 from fleetlink_edge.sim.ecu import EcuState, SimulatedEcu
 from fleetlink_edge.simulate import SimOptions, simulate
 from fleetlink_edge.sources.can import CanPort
@@ -37,9 +38,13 @@ from fleetlink_protocols.messages import (
     AckStatus,
     Command,
     CommandAck,
+    ConfigDocument,
+    ReportedConfig,
     decode_ack,
+    decode_reported_config,
     encode_ack,
     encode_command,
+    encode_config,
 )
 from fleetlink_protocols.records import Dtc, Record
 from fleetlink_protocols.topics import Topics, mosquitto_acl_entries
@@ -65,11 +70,30 @@ class FakeAcks:
         return [(a.status, a.detail) for a in self.sent if a.command_id == command_id]
 
 
+def remote_config(
+    path: Path, health: Callable[[float], None] = lambda _: None
+) -> tuple[RemoteConfig, list[ReportedConfig]]:
+    """Remote configuration whose health setter is ``health``; the other setters do nothing."""
+
+    async def nothing(_: EdgeSettings) -> None:
+        pass
+
+    async def set_health(s: EdgeSettings) -> None:
+        health(s.health.interval_s)
+
+    live = {k: nothing for k, how in REMOTE_KEYS.items() if how == "live"}
+    live["health.interval_s"] = set_health
+    reports: list[ReportedConfig] = []
+    local = EdgeSettings()
+    config = RemoteConfig(local, Restored(Applied(), local), path, live=live, report=reports.append)
+    return config, reports
+
+
 def make_handler(
     acks: FakeAcks,
     *,
     read_dtcs: Callable[[], Any] | None = None,
-    live: Mapping[str, Callable[[Any], None]] | None = None,
+    config: RemoteConfig | None = None,
     **settings: Any,
 ) -> CommandHandler:
     return CommandHandler(
@@ -77,11 +101,10 @@ def make_handler(
         TOPICS,
         acks,
         agent_version="1.2.3",
-        agent_settings=EdgeSettings(),
         now_wall_ns=lambda: NOW_NS,
         uptime_s=lambda: 42.4,
         read_dtcs=read_dtcs,
-        live=live,
+        config=config,
     )
 
 
@@ -127,20 +150,20 @@ async def test_an_expired_command_is_rejected_and_not_run() -> None:
         ("read_dtcs", {"mode": 7}, "read_dtcs takes no arguments"),
         ("set_config", {}, "set_config needs values"),
         ("set_config", {"values": {}, "force": True}, "takes values and version, not force"),
-        ("set_config", {"values": {"uplink": {"host": "x"}}}, "section 'uplink' cannot change"),
-        ("set_config", {"values": {"sampling": 5}}, "sampling must be a map"),
-        ("set_config", {"values": {"sampling": {"speed": 1}}}, "sampling.speed: Extra inputs"),
+        ("set_config", {"values": {"uplink": {"host": "x"}}}, "uplink.host: cannot be set rem"),
+        ("set_config", {"values": {"sampling": 5}}, "sampling: must be a map"),
+        ("set_config", {"values": {"sampling": {"speed": 1}}}, "sampling.speed: no such setting"),
         ("set_config", {"values": {"health": {"interval_s": 0}}}, "health.interval_s: Input sh"),
         ("set_config", {"values": {"health": {"interval_s": "30"}}}, "health.interval_s: Input"),
-        ("set_config", {"values": {"health": {"watchdog": 1}}}, "health.watchdog: Input should"),
+        ("set_config", {"values": {"health": {"watchdog": 1}}}, "health.watchdog: cannot be set"),
         ("set_config", {"values": {}, "version": -1}, "version must be an unsigned integer"),
     ],
 )
 async def test_unknown_commands_and_bad_arguments_are_rejected(
-    name: str, args: dict[str, Any], reason: str
+    name: str, args: dict[str, Any], reason: str, tmp_path: Path
 ) -> None:
     acks = FakeAcks()
-    handler = make_handler(acks)
+    handler = make_handler(acks, config=remote_config(tmp_path / "c.json")[0])
     await run(handler, Command("c1", name, args))
     ((status, detail),) = acks.of("c1")
     assert status is R
@@ -168,11 +191,27 @@ async def test_undecodable_commands_are_counted_never_raised(payload: bytes) -> 
 
 async def test_other_downlink_topics_are_counted_and_left_alone() -> None:
     acks = FakeAcks()
-    handler = make_handler(acks)
+    handler = make_handler(acks)  # without remote configuration, dn/config is only counted
     await handler.handle(Message(TOPICS.desired_config, b"\x94\x01\x05\x80"))
     await handler.handle(message(Command("c1", "ping"), topic="fleet/other/dn/cmd"))
     assert (handler.counters["desired_config"], handler.counters["other_topics"]) == (1, 1)
     assert acks.sent == []
+    await run(handler, Command("c2", "set_config", {"values": {}}))
+    assert acks.of("c2") == [(R, "remote configuration is off on this agent")]
+
+
+async def test_desired_configuration_goes_to_remote_config(tmp_path: Path) -> None:
+    applied: list[float] = []
+    config, reports = remote_config(tmp_path / "c.json", applied.append)
+    handler = make_handler(FakeAcks(), config=config)
+    doc = ConfigDocument(4, {"health": {"interval_s": 12}})
+    await handler.handle(Message(TOPICS.desired_config, encode_config(doc)))
+    assert applied == [12.0]
+    assert reports[-1] == ReportedConfig(4, doc.values)
+    await handler.handle(Message(TOPICS.desired_config, b"\xc1"))  # undecodable: counted
+    await handler.handle(Message(TOPICS.desired_config, b""))  # retained message cleared
+    assert (handler.counters["desired_config"], handler.counters["decode_errors"]) == (3, 1)
+    assert len(reports) == 1
 
 
 async def test_read_dtcs_without_obd_fails_with_a_reason() -> None:
@@ -210,35 +249,59 @@ async def test_read_dtcs_reports_the_codes_of_every_ecu() -> None:
         assert acks.of("c") == [(A, ""), final], reader.__name__
 
 
-async def test_set_config_applies_what_it_can_live_and_lists_the_rest() -> None:
+async def test_set_config_applies_what_it_can_live_and_lists_the_rest(tmp_path: Path) -> None:
     acks = FakeAcks()
     applied: list[float] = []
-    handler = make_handler(acks, live={"health.interval_s": applied.append})
-    values: dict[str, Any] = {"health": {"interval_s": 5}, "sampling": {"position_interval_s": 2.5}}
+    config, reports = remote_config(tmp_path / "c.json", applied.append)
+    handler = make_handler(acks, config=config)
+    values: dict[str, Any] = {"health": {"interval_s": 5}, "uplink": {"batch_max_records": 50}}
     await run(handler, Command("c1", "set_config", {"values": values, "version": 7}))
     assert acks.of("c1") == [
         (A, ""),
-        (D, "applied health.interval_s=5.0; "
-            "not applied, needs a restart: sampling.position_interval_s=2.5"),
-    ]  # fmt: skip
+        (D, "applied health.interval_s=5.0; pending a restart: uplink.batch_max_records=50"),
+    ]
     assert applied == [5.0]
-    # The live value is now the running one; the other still differs from what runs.
-    await run(handler, Command("c2", "set_config", {"values": values, "version": 8}))
-    assert acks.of("c2")[1] == (D, "not applied, needs a restart: sampling.position_interval_s=2.5")
+    assert reports[-1] == ReportedConfig(7, values, None, ("uplink.batch_max_records",))
+    # A patch of the applied document: the restart key stays pending.
+    await run(handler, Command("c2", "set_config", {"values": {"log": {"level": "error"}}}))
+    assert acks.of("c2")[1] == (
+        D,
+        "applied log.level='error'; pending a restart: uplink.batch_max_records=50",
+    )
+    assert config.applied == Applied(7, values | {"log": {"level": "error"}})
     await run(handler, Command("c3", "set_config", {"values": {"health": {"interval_s": 5.0}}}))
-    assert acks.of("c3")[1] == (D, "nothing to change")
+    assert acks.of("c3")[1][0] is D
     await run(handler, Command("c4", "set_config", {"values": {}, "version": 6}))
-    assert acks.of("c4") == [(R, "version 6 is older than the applied 8")]
+    assert acks.of("c4") == [(R, "version 6 is older than the applied 7")]
     assert applied == [5.0]
 
 
-async def test_a_command_that_breaks_is_acked_failed_and_the_handler_goes_on() -> None:
+async def test_a_setter_that_breaks_fails_the_command_and_the_handler_goes_on(
+    tmp_path: Path,
+) -> None:
     def broken(_: object) -> None:
         raise RuntimeError("boom")
 
     acks = FakeAcks()
-    handler = make_handler(acks, live={"health.interval_s": broken})
+    config, reports = remote_config(tmp_path / "c.json", broken)
+    handler = make_handler(acks, config=config)
     await run(handler, Command("c1", "set_config", {"values": {"health": {"interval_s": 9}}}))
+    await run(handler, Command("c2", "ping"))
+    assert acks.of("c1") == [
+        (A, ""),
+        (F, "applying live failed: health.interval_s (RuntimeError('boom'))"),
+    ]
+    assert reports[-1].pending_restart == ("health.interval_s",)  # the next start applies it
+    assert [s for s, _ in acks.of("c2")] == [A, D]
+
+
+async def test_a_command_that_breaks_is_acked_failed_and_the_handler_goes_on() -> None:
+    async def broken() -> Mapping[int, AbstractSet[str]]:
+        raise RuntimeError("boom")
+
+    acks = FakeAcks()
+    handler = make_handler(acks, read_dtcs=broken)
+    await run(handler, Command("c1", "read_dtcs"))
     await run(handler, Command("c2", "ping"))
     assert acks.of("c1") == [(A, ""), (F, "internal error: RuntimeError('boom')")]
     assert [s for s, _ in acks.of("c2")] == [A, D]
@@ -450,12 +513,14 @@ class Cloud:
         self.client = MqttClient(backend_settings(port), "backend-commands-test")
         self.acks: list[CommandAck] = []
         self.dtcs: list[Dtc] = []
+        self.reported: ReportedConfig | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Cloud:
         await self.client.connect()
         await self.client.subscribe(TOPICS.ack, qos=1)
         await self.client.subscribe(TOPICS.events, qos=1)
+        await self.client.subscribe(TOPICS.config, qos=1)
         self._task = asyncio.create_task(self._collect())
         return self
 
@@ -470,6 +535,8 @@ class Cloud:
         async for msg in self.client.messages():
             if msg.topic == TOPICS.ack:
                 self.acks.append(decode_ack(msg.payload))
+            elif msg.topic == TOPICS.config:
+                self.reported = decode_reported_config(msg.payload)
             else:
                 batch = decode_batch(msg.payload).batch
                 self.dtcs += [e.record for e in batch.entries if isinstance(e.record, Dtc)]
@@ -526,13 +593,21 @@ async def test_the_simulated_vehicle_answers_commands_over_mosquitto(
             await asyncio.sleep(1.0)
         assert (reading.status, reading.detail) == (D, "stored DTCs 0x7e8: P0420")
         await until(lambda: any(d.code == "P0420" and d.active for d in cloud.dtcs))
-        values = {"health": {"interval_s": 30}, "sampling": {"signal_interval_s": 2}}
+        values = {
+            "health": {"interval_s": 30},
+            "sampling": {"signal_interval_s": 2},
+            "uplink": {"batch_max_records": 100},
+            "log": {"level": "info"},
+            "outbox": {"max_bytes": 32 << 20},
+        }
         config = await cloud.command("set_config", {"values": values, "version": 1})
         assert (config.status, config.detail) == (
             D,
-            "applied health.interval_s=30.0; "
-            "not applied, needs a restart: sampling.signal_interval_s=2.0",
+            "applied sampling.signal_interval_s=2.0, health.interval_s=30.0, log.level='info', "
+            "outbox.max_bytes=33554432; pending a restart: uplink.batch_max_records=100",
         )
+        await until(lambda: cloud.reported is not None and cloud.reported.version == 1)
+        assert cloud.reported == ReportedConfig(1, values, None, ("uplink.batch_max_records",))
         unknown = await cloud.command("open_pod_bay_doors")
         assert unknown.status is R
         count = agents[0].counters

@@ -349,6 +349,33 @@ async def test_records_in_flight_are_never_evicted(tmp_path: Path) -> None:
         assert [s.seq for s in last] == [outbox.counters["appended"] - 1]
 
 
+async def test_a_smaller_budget_set_while_running_evicts_at_once(tmp_path: Path) -> None:
+    settings = OutboxSettings(path=tmp_path / "outbox.sqlite3", max_bytes=4 << 20)
+    async with Outbox(settings, boot_id=1) as outbox:
+        await outbox.append([dtc(i) for i in range(10)])
+        for _ in range(30):  # about 3 MB of fixes and signals
+            await outbox.append([*map(pos, range(400)), *(sig(i) for i in range(400))])
+        assert outbox.counters["evicted_total"] == 0
+        with pytest.raises(ValueError, match="at least 1 MiB"):
+            await outbox.set_budget(1000)
+        await outbox.set_budget(1 << 20)
+        evicted = outbox.counters["evicted_total"]
+        assert evicted > 0
+        assert outbox.counters["evicted_dtc"] == 0  # lowest priority first, as always
+        for _ in range(10):  # appends stay within the new budget
+            await outbox.append([*map(pos, range(400))])
+        assert outbox.counters["evicted_total"] > evicted
+        used = await outbox._used_pages()  # the budget bounds the pages in use
+        assert used * 4096 <= 1 << 20
+        await outbox.set_budget(64 << 20)  # larger again: nothing more goes
+        before = outbox.counters["evicted_total"]
+        await outbox.append([*map(pos, range(400))])
+        assert outbox.counters["evicted_total"] == before
+    async with Outbox(settings, boot_id=2) as outbox:  # the file's own budget at the next start
+        assert outbox.counters["evicted_dtc"] == 0
+        assert len(await drain(outbox, Lane.EVENTS)) == 10
+
+
 @pytest.mark.parametrize("max_bytes", [64 << 20, 1 << 20])
 async def test_random_operations_keep_counts_and_contents(tmp_path: Path, max_bytes: int) -> None:
     """Appends, takes, acks, releases, boundaries and restarts in random order (fixed seed)."""

@@ -74,3 +74,20 @@ def test_events_always_pass() -> None:
     e = Event(T0, "ignition_on")
     assert s.offer(e) is e
     assert s.offer(e) is e
+
+
+def test_reconfigure_takes_new_intervals_and_keeps_what_was_seen() -> None:
+    s = Sampler(SamplingSettings(position_interval_s=1.0, signal_max_silence_s=60.0))
+    assert s.offer(fix(0)) is not None
+    assert s.offer(fix(1)) is not None
+    assert s.offer(SignalValue(T0, "Vehicle.Speed", 50.0)) is not None
+    s.reconfigure(SamplingSettings(position_interval_s=5.0, signal_max_silence_s=10.0))
+    kept = [s.offer(fix(t)) for t in range(2, 12)]
+    # The last kept fix (t=1) still counts: the next one is due 5 s after it.
+    assert [k.ts_wall_ns for k in kept if k] == [T0 + 6 * S, T0 + 11 * S]
+    assert s.offer(fix(11)) is None  # the same fix again: time did not move
+    assert s.offer(SignalValue(T0 + 9 * S, "Vehicle.Speed", 50.0)) is None
+    assert s.offer(SignalValue(T0 + 10 * S, "Vehicle.Speed", 50.0)) is not None  # new silence
+    s.reconfigure(SamplingSettings(position_interval_s=0.0))
+    assert s.offer(fix(11.5)) is not None
+    assert s.counters["offered"] == 17

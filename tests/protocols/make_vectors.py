@@ -27,6 +27,7 @@ from fleetlink_protocols.messages import (
     CommandAck,
     ConfigDocument,
     Death,
+    ReportedConfig,
 )
 from fleetlink_protocols.records import (
     Dtc,
@@ -61,6 +62,7 @@ MESSAGE_TYPES: dict[str, type[Any]] = {
     "command": Command,
     "ack": CommandAck,
     "config": ConfigDocument,
+    "config_reported": ReportedConfig,
 }
 
 
@@ -115,6 +117,8 @@ def from_json(obj: dict[str, Any]) -> Any:
         fields["aliases"] = AliasTable(fields["aliases"])
     if kind == "ack":
         fields["status"] = AckStatus[fields["status"]]
+    if kind == "config_reported":
+        fields["pending_restart"] = tuple(fields["pending_restart"])
     return MESSAGE_TYPES[kind](**fields)
 
 
@@ -132,6 +136,8 @@ def encoder_for(obj: Any, aliases: AliasTable | None) -> Callable[[], bytes]:
         return lambda: messages.encode_ack(obj)
     if isinstance(obj, ConfigDocument):
         return lambda: messages.encode_config(obj)
+    if isinstance(obj, ReportedConfig):
+        return lambda: messages.encode_reported_config(obj)
     return lambda: codec.encode_record(obj)
 
 
@@ -193,6 +199,23 @@ def vectors() -> dict[str, tuple[Any, AliasTable | None]]:
             None,
         ),
         "config_reported_error": (ConfigDocument(6, {}, "unknown key sampling.foo"), None),
+        "config_reported_applied": (
+            ReportedConfig(
+                8,
+                {"sampling": {"position_interval_s": 2.0}, "uplink": {"batch_max_records": 100}},
+                pending_restart=("uplink.batch_max_records",),
+            ),
+            None,
+        ),
+        "config_reported_refused": (
+            ReportedConfig(
+                8,
+                {"sampling": {"position_interval_s": 2.0}},
+                "sampling.position_interval_s: Input should be greater than or equal to 0",
+                refused_version=9,
+            ),
+            None,
+        ),
     }
 
 

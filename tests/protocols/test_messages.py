@@ -18,7 +18,7 @@ from fleetlink_protocols.errors import (
     ProtocolError,
     UnsupportedVersion,
 )
-from fleetlink_protocols.limits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH
+from fleetlink_protocols.limits import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_PENDING_KEYS
 from fleetlink_protocols.messages import (
     AckStatus,
     Birth,
@@ -26,15 +26,18 @@ from fleetlink_protocols.messages import (
     CommandAck,
     ConfigDocument,
     Death,
+    ReportedConfig,
     decode_ack,
     decode_command,
     decode_config,
+    decode_reported_config,
     decode_status,
     encode_ack,
     encode_birth,
     encode_command,
     encode_config,
     encode_death,
+    encode_reported_config,
 )
 
 T0 = 1_717_243_200_000_000_000
@@ -77,6 +80,32 @@ def test_config_round_trip_with_and_without_error() -> None:
     assert decode_config(encode_config(refused)) == refused
 
 
+def test_reported_config_round_trip_and_compatibility_with_the_config_layout() -> None:
+    applied = ReportedConfig(8, {"sampling": {"position_interval_s": 2.0}}, None, ("a.b",))
+    assert decode_reported_config(encode_reported_config(applied)) == applied
+    refused = ReportedConfig(8, {}, "sampling.x: Extra inputs", refused_version=9)
+    assert decode_reported_config(encode_reported_config(refused)) == refused
+    # The first four fields are the config message: either decoder reads either payload.
+    assert decode_config(encode_reported_config(refused)) == ConfigDocument(
+        8, {}, "sampling.x: Extra inputs"
+    )
+    old = encode_config(ConfigDocument(6, {}, "unknown key sampling.foo"))
+    assert decode_reported_config(old) == ReportedConfig(6, {}, "unknown key sampling.foo")
+    assert encode_reported_config(ReportedConfig(6, {}, "unknown key sampling.foo")) == old
+
+
+def test_reported_config_limits() -> None:
+    too_many = tuple(f"s.k{i}" for i in range(MAX_PENDING_KEYS + 1))
+    with pytest.raises(PayloadTooLarge):
+        encode_reported_config(ReportedConfig(1, {}, pending_restart=too_many))
+    with pytest.raises(PayloadTooLarge):
+        decode_reported_config(msgpack.packb([1, 1, {}, None, list(too_many)]))
+    with pytest.raises(MalformedPayload):
+        decode_reported_config(msgpack.packb([1, 1, {}, None, "a.b"]))
+    with pytest.raises(InvalidValue):
+        encode_reported_config(ReportedConfig(1, {}, refused_version=-1))
+
+
 def test_unknown_trailing_fields_are_ignored_and_new_major_versions_refused() -> None:
     raw = msgpack.unpackb(encode_command(Command("c1", "reboot", {}, T0)))
     assert decode_command(msgpack.packb([*raw, "v1.1 field"])) == Command("c1", "reboot", {}, T0)
@@ -112,7 +141,7 @@ def test_unknown_ack_status_is_invalid() -> None:
         decode_ack(msgpack.packb([1, "c1", 9, ""]))
 
 
-_DECODERS = (decode_status, decode_command, decode_ack, decode_config)
+_DECODERS = (decode_status, decode_command, decode_ack, decode_config, decode_reported_config)
 
 
 @given(st.binary(max_size=300))

@@ -36,6 +36,8 @@ def _decode(obj: Any, data: bytes, aliases: AliasTable | None) -> Any:
         return messages.decode_ack(data)
     if isinstance(obj, messages.ConfigDocument):
         return messages.decode_config(data)
+    if isinstance(obj, messages.ReportedConfig):
+        return messages.decode_reported_config(data)
     return codec.decode_record(data)
 
 
@@ -45,15 +47,17 @@ def _expected(obj: Any) -> Any:
         return DecodedBatch(Batch(obj.device_id, obj.boot_id, entries), ())
     if isinstance(obj, messages.Birth | messages.Death | messages.Command):
         return obj
-    if isinstance(obj, messages.CommandAck | messages.ConfigDocument):
+    if isinstance(obj, messages.CommandAck | messages.ConfigDocument | messages.ReportedConfig):
         return obj
     return codec.quantize(obj)
 
 
 def test_there_are_vectors_for_every_message() -> None:
-    assert len(NAMES) >= 18
+    assert len(NAMES) >= 20
     kinds = {json.loads((VECTORS_DIR / f"{n}.json").read_text())["kind"] for n in NAMES}
-    assert kinds == {"record", "batch", "birth", "death", "command", "ack", "config"}
+    assert kinds == {
+        "record", "batch", "birth", "death", "command", "ack", "config", "config_reported",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -6,8 +6,10 @@ being reachable. ``CommandService`` publishes queued commands on ``{prefix}/{dev
 (a birth), and in a periodic sweep that also catches commands created by another process. Acks
 travel the other way through ingest, which applies them with ``store.record_command_ack``.
 
-``set_config`` also publishes the desired configuration, retained, on ``dn/config`` before the
-command, so a device that reconnects later still finds the newest desired document there.
+``set_config`` merges its ``values`` into the device's desired configuration (``ConfigService``,
+which publishes it retained on ``dn/config``) and carries the resulting version, so the device's
+ack says what that version changed. The same loop publishes desired documents: the periodic
+sweep sends unpublished ones, a birth sends one again that the device does not report.
 
 Sending is at least once: a command may be published twice (a sweep racing a birth, two
 processes); the device acts on a command id once.
@@ -24,13 +26,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from fleetlink_cloud.bus import EventBus, StreamEvent, make_filter
+from fleetlink_cloud.configs import ConfigService, InvalidConfig, Publisher, check_document
 from fleetlink_cloud.errors import BrokerError, CloudError
 from fleetlink_cloud.store.base import CommandRow, Store
 from fleetlink_protocols.errors import ProtocolError
-from fleetlink_protocols.messages import Command, ConfigDocument, encode_command, encode_config
+from fleetlink_protocols.messages import Command, encode_command
 from fleetlink_protocols.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 COMMAND_SCOPES: Final[Mapping[str, tuple[str, ...]]] = {
     "ping": ("dispatch", "maintenance"),  # liveness round trip: ack "done"
     "read_dtcs": ("dispatch", "maintenance"),  # read trouble codes now (J1979 mode 03 / DM1)
-    "set_config": ("dispatch",),  # args {"values": {...}}; "version" is assigned here
+    "set_config": ("dispatch",),  # args {"values": {...}}: patches the desired configuration
 }
 COMMAND_NAMES: Final = tuple(COMMAND_SCOPES)
 
@@ -55,14 +58,6 @@ class InvalidCommand(CloudError, ValueError):
 
 class CommandConflict(CloudError):
     """The command id exists with a different device, name or arguments (an API maps it to 409)."""
-
-
-class Publisher(Protocol):
-    """What the cloud needs of an MQTT client to send downlink; returns once the broker has it."""
-
-    async def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
-    ) -> None: ...
 
 
 def command_id_for(device_id: str, *, command_id: str | None, idempotency_key: str | None) -> str:
@@ -94,9 +89,11 @@ def check_command(name: str, args: Mapping[str, Any]) -> None:
     try:
         encode_command(Command("x", name, args, None))
         if name == "set_config":
-            encode_config(ConfigDocument(0, dict(args["values"])))
+            check_document(args["values"])
     except ProtocolError as exc:
         raise InvalidCommand(f"args: {exc}") from None
+    except InvalidConfig as exc:
+        raise InvalidCommand(f"args.values: {exc}") from None
 
 
 def args_fingerprint(name: str, args: Mapping[str, Any]) -> str:
@@ -107,11 +104,6 @@ def args_fingerprint(name: str, args: Mapping[str, Any]) -> str:
 
 def command_message(row: CommandRow) -> Command:
     return Command(row.command_id, row.name, dict(row.args), row.expires_wall_ns)
-
-
-def config_document(row: CommandRow) -> ConfigDocument:
-    """The desired configuration a ``set_config`` command carries."""
-    return ConfigDocument(int(row.args["version"]), dict(row.args["values"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +129,16 @@ class CommandService:
         prefix: str = "fleet",
         clock: Callable[[], int] = time.time_ns,
         sweep_interval_s: float = SWEEP_INTERVAL_S,
+        configs: ConfigService | None = None,
     ) -> None:
+        """``configs``: the desired configurations this loop publishes (default: a service on
+        the same store and publisher)."""
         self._store = store
         self._publisher = publisher
         self._prefix = prefix
         self._clock = clock
         self._sweep_interval_s = sweep_interval_s
+        self.configs = configs or ConfigService(store, publisher, prefix=prefix, clock=clock)
         self._locks: dict[str, asyncio.Lock] = {}  # one per device ever flushed: serialises sends
         self.counters: dict[str, int] = {"created": 0, "sent": 0, "send_failed": 0}
 
@@ -155,10 +151,13 @@ class CommandService:
         command_id: str | None = None,
         idempotency_key: str | None = None,
         expires_in_s: float | None = None,
+        actor: str = "api",
     ) -> Created:
-        """Queue a command and try to send it now. Raises InvalidCommand, CommandConflict, NotFound.
+        """Queue a command and try to send it now. Raises InvalidCommand, CommandConflict, NotFound
+        (and for ``set_config`` what ``ConfigService.patch`` raises).
 
         Repeating a creation with the same id (or Idempotency-Key) returns the existing command.
+        ``actor`` (a token id) is recorded as who set the configuration a ``set_config`` changes.
         """
         args = dict(args or {})
         check_command(name, args)
@@ -168,7 +167,8 @@ class CommandService:
             return Created(self._same_or_conflict(existing, device_id, name, args), False)
         now = self._clock()
         if name == "set_config":
-            args["version"] = await self._next_config_version(device_id, now)
+            desired = await self.configs.patch(device_id, args["values"], set_by=actor)
+            args["version"] = desired.version
         expires = None if expires_in_s is None else now + int(expires_in_s * 1e9)
         row = await self._store.create_command(
             device_id, cid, name, args, created_wall_ns=now, expires_wall_ns=expires
@@ -195,12 +195,6 @@ class CommandService:
             )
         return row
 
-    async def _next_config_version(self, device_id: str, now_wall_ns: int) -> int:
-        """Milliseconds of creation, above every recent set_config: increasing per device."""
-        recent = await self._store.list_commands(device_id, limit=100)
-        versions = [int(c.args.get("version", 0)) for c in recent if c.name == "set_config"]
-        return max([now_wall_ns // 1_000_000, *(v + 1 for v in versions)])
-
     async def flush(self, device_id: str) -> int:
         """Publish the device's queued commands, oldest first; returns how many were sent.
 
@@ -226,14 +220,13 @@ class CommandService:
 
     async def _send(self, topics: Topics, row: CommandRow) -> None:
         assert self._publisher is not None
-        if row.name == "set_config":
-            doc = encode_config(config_document(row))
-            await self._publisher.publish(topics.desired_config, doc, qos=1, retain=True)
         payload = encode_command(command_message(row))
         await self._publisher.publish(topics.cmd, payload, qos=1, retain=False)
 
     async def sweep(self) -> int:
-        """Flush every online device with queued commands; returns how many were sent."""
+        """Publish unpublished configurations, then flush every online device with queued
+        commands; returns how many commands were sent."""
+        await self.configs.sweep()
         sent = 0
         for device in await self._store.list_devices():
             presence = await self._store.presence(device.id)
@@ -242,8 +235,10 @@ class CommandService:
         return sent
 
     async def on_event(self, event: StreamEvent) -> None:
-        """React to a stream event: a ``vehicle.online`` (birth) sends what was queued."""
+        """React to a stream event: a ``vehicle.online`` (birth) sends the configuration the
+        device lacks, then what was queued."""
         if event.type == "vehicle.online":
+            await self.configs.on_event(event)
             await self.flush(event.device_id)
 
     async def run(self, bus: EventBus | None = None) -> None:

@@ -2,7 +2,10 @@
 
 Two loops meet only at the outbox: capture (sources -> decode -> sample -> outbox) and uplink
 (outbox -> MQTT -> ack). Downlink commands arrive on the uplink's connection (``dn/#``) and are
-answered through an in-memory ack queue on the same connection. Shutdown order keeps every
+answered through an in-memory ack queue on the same connection; so does the desired
+configuration, which ``RemoteConfig`` applies through the setters made here and reports on
+``config``. The configuration kept from the last run is merged into the settings before
+anything is built, so it holds before the agent connects. Shutdown order keeps every
 accepted record: stop the sources and the command handler, flush the capture queue into the
 outbox, send the acks still queued, let the uplink settle its in-flight publishes, close the
 outbox.
@@ -26,9 +29,19 @@ from fleetlink_edge.backoff import Backoff
 from fleetlink_edge.capture import Capture
 from fleetlink_edge.commands import AckQueue, CommandHandler, DtcReader
 from fleetlink_edge.config import EdgeSettings
+from fleetlink_edge.config_report import ConfigReporter
 from fleetlink_edge.errors import ConfigError
 from fleetlink_edge.health import Heartbeats, SystemdNotifier, collect_counters
 from fleetlink_edge.outbox import Outbox
+from fleetlink_edge.remote_config import (
+    REMOTE_KEYS,
+    Applied,
+    LiveSetter,
+    RemoteConfig,
+    Restored,
+    config_file,
+    restore,
+)
 from fleetlink_edge.sample import Sampler
 from fleetlink_edge.uplink import Uplink
 from fleetlink_protocols.catalog import AliasTable
@@ -37,6 +50,7 @@ from fleetlink_protocols.records import Health, Position, Record
 from fleetlink_protocols.topics import Topics
 
 log = logging.getLogger(__name__)
+AGENT_LOGGER = "fleetlink_edge"  # the parent of every agent logger: what [log] level sets
 
 # GNSS source plugins: config name -> "module:class", imported only when chosen.
 GNSS_SOURCES: dict[str, str] = {
@@ -65,13 +79,22 @@ def load_gnss_source(settings: EdgeSettings) -> GnssSource | None:
     return source
 
 
+def set_log_level(level: str | None) -> None:
+    """The agent loggers' level; None: inherit the root logger's (the command line's)."""
+    logging.getLogger(AGENT_LOGGER).setLevel(logging.NOTSET if level is None else level.upper())
+
+
 def signal_paths(settings: EdgeSettings) -> list[str]:
     """Catalog paths the configured DBC mappings produce (extras get declared aliases)."""
     return sorted({path for dbc in settings.can.dbc for path in dbc.signals.values()})
 
 
 class Agent:
-    """One agent process. ``can_bus`` lets a simulator share python-can's in-process virtual bus."""
+    """One agent process. ``can_bus`` lets a simulator share python-can's in-process virtual bus.
+
+    ``settings`` are the local ones until ``run`` starts, then what the agent runs with: the
+    local settings with the kept remote configuration merged in.
+    """
 
     def __init__(
         self,
@@ -83,6 +106,7 @@ class Agent:
         now_wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.settings = settings
+        self._local = settings
         self.boot_id = secrets.randbits(63)
         self._can_bus = can_bus
         self._notifier = notifier or SystemdNotifier(None)
@@ -102,14 +126,30 @@ class Agent:
         self._counter_sources[name] = read
 
     def set_health_interval(self, interval_s: float) -> None:
-        """Change the Health record period while running (``set_config`` health.interval_s)."""
+        """Change the Health record period while running (remote health.interval_s)."""
         self._health_interval_s = interval_s
         self._health_changed.set()
 
+    async def _start(self, stack: contextlib.AsyncExitStack) -> Restored:
+        """Merge in the configuration kept from the last run; set the log level (restored when
+        the agent stops)."""
+        local = self._local
+        if local.commands.enabled:
+            start = await restore(local, config_file(local))
+        else:  # remote configuration rides on the downlink
+            start = Restored(Applied(), local)
+        self.settings = start.settings
+        self._health_interval_s = start.settings.health.interval_s
+        agent_logger = logging.getLogger(AGENT_LOGGER)
+        stack.callback(agent_logger.setLevel, agent_logger.level)
+        set_log_level(start.settings.log.level)
+        return start
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set or a loop fails (then raise, so systemd restarts us)."""
-        s = self.settings
         async with contextlib.AsyncExitStack() as stack:
+            start = await self._start(stack)
+            s = self.settings
             outbox = await stack.enter_async_context(Outbox(s.outbox, boot_id=self.boot_id))
             sampler = Sampler(s.sampling)
             capture = Capture(
@@ -129,7 +169,7 @@ class Agent:
                 "capture": asyncio.create_task(capture.run(), name="capture"),
                 "uplink": asyncio.create_task(uplink.run(), name="uplink"),
             }
-            acks, handlers = self._downlink(uplink)
+            acks, handlers = self._downlink(uplink, start, self._live_setters(sampler, outbox))
             sources = [asyncio.create_task(c, name=n) for n, c in producers.items()]
             health = asyncio.create_task(self._health(capture), name="health")
             log.info(
@@ -164,37 +204,83 @@ class Agent:
         subscribe = [topics.downlink_filter] if s.commands.enabled else []
         return Uplink(s.uplink, s.device.id, outbox, birth, subscribe=subscribe)
 
-    def _downlink(self, uplink: Uplink) -> tuple[AckQueue | None, list[asyncio.Task[None]]]:
-        """The command handler on the uplink's messages and its ack queue, as running tasks."""
+    def _live_setters(self, sampler: Sampler, outbox: Outbox) -> dict[str, LiveSetter]:
+        """How the running agent takes each live remote key (``REMOTE_KEYS``)."""
+
+        async def sampling(s: EdgeSettings) -> None:
+            sampler.reconfigure(s.sampling)
+
+        async def health(s: EdgeSettings) -> None:
+            self.set_health_interval(s.health.interval_s)
+
+        async def log_level(s: EdgeSettings) -> None:
+            set_log_level(s.log.level)
+
+        async def budget(s: EdgeSettings) -> None:
+            await outbox.set_budget(s.outbox.max_bytes)
+
+        by_section = {"sampling": sampling, "health": health, "log": log_level, "outbox": budget}
+        return {
+            key: by_section[key.partition(".")[0]]
+            for key, how in REMOTE_KEYS.items()
+            if how == "live"
+        }
+
+    def _downlink(
+        self, uplink: Uplink, start: Restored, live: dict[str, LiveSetter]
+    ) -> tuple[AckQueue | None, list[asyncio.Task[None]]]:
+        """The command handler on the uplink's messages, its ack queue and the configuration
+        reporter, as running tasks."""
         s = self.settings
         if not s.commands.enabled:
             return None, []
-        retry = Backoff(s.uplink.backoff_initial_s, s.uplink.backoff_max_s, random.random)
         acks = AckQueue(
             uplink.client,
             uplink.topics.ack,
             s.commands.ack_queue_size,
-            retry,
+            self._retry(),
             require_subscriber=s.uplink.require_subscriber,
         )
+        config, reporter = self._remote_config(uplink, start, live)
         started_s = time.monotonic()
         handler = CommandHandler(
             s.commands,
             uplink.topics,
             acks,
             agent_version=__version__,
-            agent_settings=s,
             now_wall_ns=self._now,
             uptime_s=lambda: time.monotonic() - started_s,
             read_dtcs=self._read_dtcs,
-            live={"health.interval_s": self.set_health_interval},
+            config=config,
         )
         self._count("commands", lambda: handler.counters)
         self._count("acks", lambda: acks.counters)
+        self._count("config", lambda: config.counters)
+        self._count("config_report", lambda: reporter.counters)
         return acks, [
             asyncio.create_task(handler.run(uplink.client.messages()), name="commands"),
             asyncio.create_task(acks.run(), name="acks"),
+            asyncio.create_task(reporter.run(), name="config-report"),
         ]
+
+    def _retry(self) -> Backoff:
+        u = self.settings.uplink
+        return Backoff(u.backoff_initial_s, u.backoff_max_s, random.random)
+
+    def _remote_config(
+        self, uplink: Uplink, start: Restored, live: dict[str, LiveSetter]
+    ) -> tuple[RemoteConfig, ConfigReporter]:
+        """Remote configuration from ``start`` on, and the reporter of its outcomes."""
+        reporter = ConfigReporter(
+            uplink.client,
+            uplink.topics.config,
+            self._retry(),
+            require_subscriber=self.settings.uplink.require_subscriber,
+        )
+        local = self._local
+        config = RemoteConfig(local, start, config_file(local), live=live, report=reporter.offer)
+        config.report()  # what this start runs: the cloud learns a restart applied the pending
+        return config, reporter
 
     async def _producers(
         self, stack: contextlib.AsyncExitStack, capture: Capture

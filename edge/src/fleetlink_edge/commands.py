@@ -3,8 +3,10 @@
 ``CommandHandler`` takes the commands of ``{prefix}/{device}/dn/cmd`` (QoS 1: at least once),
 acts on a command id once, and answers on ``{prefix}/{device}/ack``: ``accepted``, then ``done``
 or ``failed``; or ``rejected`` (not attempted) for an unknown name, bad arguments or a past
-expiry. Nothing a broker delivers makes it raise. ``AckQueue`` holds the acks, bounded, until
-the link is up. docs/protocol.md ("How the agent handles commands") has the commands and rules.
+expiry. It hands the desired configuration of ``dn/config`` to ``RemoteConfig``, which
+``set_config`` uses too. Nothing a broker delivers makes it raise. ``AckQueue`` holds the acks,
+bounded, until the link is up. docs/protocol.md ("How the agent handles commands") has the
+commands and rules.
 """
 
 from __future__ import annotations
@@ -18,25 +20,29 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleetlink_edge.backoff import Backoff
-from fleetlink_edge.config import CommandSettings, EdgeSettings, with_changes
-from fleetlink_edge.errors import ConfigError, EdgeError, PublishRejected, UplinkError
+from fleetlink_edge.config import CommandSettings
+from fleetlink_edge.errors import EdgeError, PublishRejected, UplinkError
+from fleetlink_edge.remote_config import ConfigRefused, RemoteConfig, clip
 from fleetlink_protocols.errors import ProtocolError
-from fleetlink_protocols.limits import MAX_TEXT_LEN
-from fleetlink_protocols.messages import AckStatus, Command, CommandAck, decode_command, encode_ack
+from fleetlink_protocols.messages import (
+    AckStatus,
+    Command,
+    CommandAck,
+    decode_command,
+    decode_config,
+    encode_ack,
+)
 from fleetlink_protocols.topics import Topics
 
 log = logging.getLogger(__name__)
 
-# Settings sections a set_config may touch; anything else (device, uplink, outbox, can, gnss)
-# is provisioning's business and is rejected.
-REMOTE_SECTIONS = ("sampling", "health")
 FINAL = frozenset({AckStatus.DONE, AckStatus.FAILED, AckStatus.REJECTED})
 HANDLER_COUNTERS = (
     "received",
     "duplicates",  # a command id seen recently: redelivered, ignored
     "decode_errors",
     "other_topics",
-    "desired_config",  # retained dn/config documents (the set_config command acts)
+    "desired_config",  # dn/config documents, handed to RemoteConfig
     "accepted",
     "done",
     "failed",
@@ -46,8 +52,6 @@ HANDLER_COUNTERS = (
 
 DtcReader = Callable[[], Awaitable[Mapping[int, AbstractSet[str]]]]
 """Reads stored DTCs now: ECU response id -> codes; empty when no ECU answered."""
-LiveSetter = Callable[[Any], None]
-"""Applies one validated setting (``section.key``) to the running agent."""
 
 
 class Incoming(Protocol):
@@ -76,16 +80,12 @@ class Outcome:
 Job = Callable[[], Awaitable[Outcome]]
 
 
-def clip(text: str, limit: int = MAX_TEXT_LEN) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 class CommandHandler:
     """Executes the device's commands, one at a time. Built by the composition root.
 
-    ``read_dtcs`` is None without OBD; ``live`` maps ``section.key`` to a setter for the
-    settings the agent can change while running. Clocks are injected (device wall clock for
-    expiry and ack times, agent uptime for ``ping``).
+    ``read_dtcs`` is None without OBD; ``config`` None leaves ``dn/config`` alone and
+    rejects ``set_config``. Clocks are injected (device wall clock for expiry and ack times,
+    agent uptime for ``ping``).
     """
 
     def __init__(
@@ -95,23 +95,20 @@ class CommandHandler:
         acks: AckSink,
         *,
         agent_version: str,
-        agent_settings: EdgeSettings,
         now_wall_ns: Callable[[], int],
         uptime_s: Callable[[], float],
         read_dtcs: DtcReader | None = None,
-        live: Mapping[str, LiveSetter] | None = None,
+        config: RemoteConfig | None = None,
     ) -> None:
         self._settings = settings
         self._topics = topics
         self._acks = acks
         self._version = agent_version
-        self._effective = agent_settings  # as running: applied changes only
         self._now = now_wall_ns
         self._uptime_s = uptime_s
         self._read_dtcs = read_dtcs
-        self._live = dict(live or {})
+        self._config = config
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._config_version: int | None = None
         self._commands: dict[str, Callable[[Command], Job]] = {
             "ping": self._ping,
             "read_dtcs": self._read_dtcs_job,
@@ -126,8 +123,8 @@ class CommandHandler:
 
     async def handle(self, message: Incoming) -> None:
         if message.topic == self._topics.desired_config:
-            # The retained desired document; the set_config command that came with it acts.
             self.counters["desired_config"] += 1
+            await self._desired(message.payload)
             return
         if message.topic != self._topics.cmd:
             self.counters["other_topics"] += 1
@@ -139,6 +136,22 @@ class CommandHandler:
             log.warning("undecodable command (%d bytes): %s", len(message.payload), exc)
             return
         await self.execute(command)
+
+    async def _desired(self, payload: bytes) -> None:
+        """A desired configuration (retained: again after every connect)."""
+        if self._config is None or not payload:  # an empty payload clears a retained message
+            return
+        try:
+            doc = decode_config(payload)
+        except ProtocolError as exc:
+            self.counters["decode_errors"] += 1
+            log.warning("undecodable desired configuration (%d bytes): %s", len(payload), exc)
+            return
+        try:
+            await self._config.on_desired(doc)
+        except Exception:  # a bug must not end the handler
+            self.counters["internal_errors"] += 1
+            log.exception("desired configuration version %d failed", doc.version)
 
     async def execute(self, command: Command) -> None:
         """Act on a decoded command once per command id and acknowledge it."""
@@ -232,34 +245,25 @@ class CommandHandler:
 
     def _set_config(self, command: Command) -> Job:
         values, version = self._config_args(command.args)
+        config = self._config
+        if config is None:
+            raise Refused("remote configuration is off on this agent")
         try:
-            wanted = with_changes(self._effective, values)
-        except ConfigError as exc:
-            raise Refused(f"invalid configuration: {exc}") from None
-        changes = [
-            (section, key, getattr(getattr(wanted, section), key))
-            for section, keys in values.items()
-            for key in keys
-            if getattr(getattr(wanted, section), key)
-            != getattr(getattr(self._effective, section), key)
-        ]
+            target, document, wanted = config.plan_patch(values, version)
+        except ConfigRefused as exc:
+            raise Refused(str(exc)) from None
 
         async def set_config() -> Outcome:
-            if version is not None:
-                self._config_version = version
-            applied: list[str] = []
-            restart: list[str] = []
-            for section, key, value in changes:
-                setter = self._live.get(f"{section}.{key}")
-                (restart if setter is None else applied).append(f"{section}.{key}={value!r}")
-                if setter is not None:
-                    setter(value)
-                    self._effective = _with(self._effective, section, key, value)
-            return Outcome(AckStatus.DONE, describe_config(applied, restart))
+            try:
+                result = await config.apply(target, document, wanted)
+            except ConfigRefused as exc:
+                return Outcome(AckStatus.FAILED, str(exc))
+            return Outcome(AckStatus.FAILED if result.failed else AckStatus.DONE, result.describe())
 
         return set_config
 
-    def _config_args(self, args: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], int | None]:
+    @staticmethod
+    def _config_args(args: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
         """The ``values`` and ``version`` of a set_config; raises Refused when malformed."""
         extra = set(args) - {"values", "version"}
         if extra:
@@ -269,22 +273,7 @@ class CommandHandler:
             raise Refused("set_config needs values: {section: {key: value}}")
         if version is not None and (type(version) is not int or version < 0):
             raise Refused(f"version must be an unsigned integer, not {version!r}")
-        applied = self._config_version
-        if version is not None and applied is not None and version < applied:
-            raise Refused(f"version {version} is older than the applied {applied}")
-        for section, keys in values.items():
-            if section not in REMOTE_SECTIONS:
-                raise Refused(
-                    f"section {section!r} cannot change remotely; only {', '.join(REMOTE_SECTIONS)}"
-                )
-            if not isinstance(keys, dict):
-                raise Refused(f"{section} must be a map of settings")
         return values, version
-
-
-def _with(settings: EdgeSettings, section: str, key: str, value: Any) -> EdgeSettings:
-    sub = getattr(settings, section).model_copy(update={key: value})
-    return settings.model_copy(update={section: sub})
 
 
 def describe_dtcs(reading: Mapping[int, AbstractSet[str]]) -> str:
@@ -293,17 +282,6 @@ def describe_dtcs(reading: Mapping[int, AbstractSet[str]]) -> str:
         f"{ecu:#x}: {' '.join(sorted(codes)) or 'none'}" for ecu, codes in sorted(reading.items())
     ]
     return clip("stored DTCs " + "; ".join(parts))
-
-
-def describe_config(applied: list[str], restart: list[str]) -> str:
-    if not applied and not restart:
-        return "nothing to change"
-    parts = []
-    if applied:
-        parts.append("applied " + ", ".join(applied))
-    if restart:
-        parts.append("not applied, needs a restart: " + ", ".join(restart))
-    return clip("; ".join(parts))
 
 
 class AckLink(Protocol):

@@ -196,6 +196,12 @@ class HealthSettings(_Section):
     watchdog: bool = True
 
 
+class LogSettings(_Section):
+    # Level of the agent's own loggers (fleetlink_edge.*). Unset: as the command line set it
+    # (--verbose: debug, else info). Remote configuration may change it while running.
+    level: Literal["debug", "info", "warning", "error"] | None = None
+
+
 class CommandSettings(_Section):
     """Downlink commands (``dn/cmd``) and their acks (``ack``)."""
 
@@ -228,6 +234,7 @@ class EdgeSettings(BaseSettings):
     uplink: UplinkSettings = UplinkSettings()
     health: HealthSettings = HealthSettings()
     commands: CommandSettings = CommandSettings()
+    log: LogSettings = LogSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -267,8 +274,8 @@ def with_changes(settings: EdgeSettings, changes: Mapping[str, Any]) -> EdgeSett
     """``settings`` with a partial document (section -> key -> value) merged in and validated.
 
     Strictly: a remote document is JSON, so a value must have its setting's type (no "30" for
-    30, no true for 1). Raises ConfigError listing every problem. The command handler checks a
-    ``set_config`` with it; nothing is written anywhere.
+    30, no true for 1). Raises ConfigError listing every problem. Remote configuration checks
+    desired documents with it; nothing is written anywhere.
     """
     updates: dict[str, BaseModel] = {}
     problems: list[str] = []

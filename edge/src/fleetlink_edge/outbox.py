@@ -236,12 +236,39 @@ class Outbox:
         await db.execute("PRAGMA synchronous = FULL")
         if (check := [row[0] for row in await self._fetch("PRAGMA quick_check")]) != ["ok"]:
             raise _CorruptFileError(f"quick_check of {path} failed: {check[:3]}")
-        page_size = await self._scalar("PRAGMA page_size")
-        self._budget = b = _Budget.of(self._settings.max_bytes, page_size)
+        await self._apply_budget(self._settings.max_bytes, await self._scalar("PRAGMA page_size"))
+
+    async def _apply_budget(self, max_bytes: int, page_size: int) -> _Budget:
+        db, path = self._conn(), self._settings.path
+        self._budget = b = _Budget.of(max_bytes, page_size)
+        self._room_pages = 0
         await db.execute(f"PRAGMA wal_autocheckpoint = {b.checkpoint_pages}")
         await db.execute(f"PRAGMA journal_size_limit = {b.wal_bytes}")
+        # SQLite keeps max_page_count at the file's size when asked for less.
         if await self._scalar(f"PRAGMA max_page_count = {b.max_pages}") > b.max_pages:
             log.warning("outbox %s is larger than max_bytes; only VACUUM shrinks it", path)
+        return b
+
+    async def set_budget(self, max_bytes: int) -> None:
+        """Change ``max_bytes`` while running (remote configuration); at least 1 MiB.
+
+        A smaller budget evicts at once what no longer fits (lowest priority, oldest first,
+        counted like any eviction); the file keeps its size (only VACUUM shrinks it) and its
+        free pages are reused. Raises ValueError or OutboxError.
+        """
+        if max_bytes < 1 << 20:
+            raise ValueError(f"max_bytes must be at least 1 MiB, not {max_bytes}")
+        await _shielded(self._set_budget(max_bytes))
+
+    async def _set_budget(self, max_bytes: int) -> None:
+        async with self._lock:
+            with _translated("outbox set_budget failed"):
+                b = await self._apply_budget(max_bytes, self._budget.page_size)
+                self._settings = self._settings.model_copy(update={"max_bytes": max_bytes})
+                excess = await self._used_pages() - b.max_pages
+                if excess > 0:
+                    await self._evict(excess * b.page_size)
+                log.info("outbox budget is now %d bytes", max_bytes)
 
     async def _load_state(self) -> None:
         async with self._write() as db:

@@ -38,15 +38,21 @@ class Sampler:
     """Stateful filter between the decoders and the outbox; one per agent."""
 
     def __init__(self, settings: SamplingSettings) -> None:
-        self._pos_interval_ns = int(settings.position_interval_s * _NS)
-        self._sig_interval_ns = int(settings.signal_interval_s * _NS)
-        self._silence_ns = int(settings.signal_max_silence_s * _NS)
-        self._dtc_clear_ns = int(settings.dtc_clear_after_s * _NS)
+        self.reconfigure(settings)
         self._last_pos: Position | None = None
         self._signals: dict[str, _Last] = {}
         self._dtcs: dict[tuple[int, int, str], Dtc] = {}
         self._dtc_seen_ns: dict[tuple[int, int, str], int] = {}
         self.counters: dict[str, int] = {"offered": 0, "kept": 0, "sampled_away": 0}
+
+    def reconfigure(self, settings: SamplingSettings) -> None:
+        """Take new intervals at once (remote configuration), keeping what was seen: the last
+        fix, each signal's last value and the known DTCs. The next record is judged by the new
+        rules against them, so a longer interval takes effect from the last kept record."""
+        self._pos_interval_ns = int(settings.position_interval_s * _NS)
+        self._sig_interval_ns = int(settings.signal_interval_s * _NS)
+        self._silence_ns = int(settings.signal_max_silence_s * _NS)
+        self._dtc_clear_ns = int(settings.dtc_clear_after_s * _NS)
 
     def offer(self, record: Record) -> Record | None:
         """Return the record if it should be stored, else None."""

@@ -32,7 +32,17 @@ MAX_EXTRA_ALIASES = 1024
 
 MAX_COMMAND_ARGS = 32
 MAX_CONFIG_BYTES = 64 * 1024
-"""Largest encoded desired/reported configuration document."""
+"""Largest encoded desired/reported configuration message."""
+
+MAX_DESIRED_CONFIG_BYTES = 8 * 1024
+"""Largest encoded desired document the cloud publishes on ``dn/config`` (its API refuses more).
+
+Well below MAX_CONFIG_BYTES, so the device's report, which echoes the applied document with the
+keys pending a restart and an error, always fits in one message.
+"""
+
+MAX_PENDING_KEYS = 256
+"""Most ``section.key`` names a reported configuration lists as pending a restart."""
 
 MAX_CONFIG_DEPTH = 8
 """Deepest nesting of maps and lists inside a configuration document or command args."""

@@ -1,4 +1,5 @@
-"""Control messages of protocol v1: birth/death status, commands, command acks, configuration.
+"""Control messages of protocol v1: birth/death status, commands, command acks, configuration
+(desired and reported).
 
 Each is a msgpack array whose first element is the major protocol version, so a decoder can
 refuse a future major version before reading anything else. Fields missing at the end are
@@ -28,6 +29,7 @@ from fleetlink_protocols.limits import (
     MAX_NAME_LEN,
     MAX_PATH_LEN,
     MAX_PAYLOAD_BYTES,
+    MAX_PENDING_KEYS,
     MAX_TEXT_LEN,
 )
 from fleetlink_protocols.topics import check_device_id
@@ -109,6 +111,23 @@ class ConfigDocument:
     version: int
     values: Mapping[str, ConfigValue]
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportedConfig:
+    """What the device runs, retained on ``config``: a superset of the ConfigDocument layout.
+
+    ``version`` and ``values`` are the desired document it applied (0 and empty: none yet, it
+    runs its local settings); ``pending_restart`` names the ``section.key`` settings of that
+    document that take effect only at its next start. ``error`` says why it refused the desired
+    document ``refused_version`` (the applied one stays in force).
+    """
+
+    version: int
+    values: Mapping[str, ConfigValue]
+    error: str | None = None
+    pending_restart: tuple[str, ...] = ()
+    refused_version: int | None = None
 
 
 def encode_birth(birth: Birth) -> bytes:
@@ -217,11 +236,45 @@ def encode_config(doc: ConfigDocument) -> bytes:
 
 def decode_config(payload: bytes) -> ConfigDocument:
     """Raises ProtocolError subclasses only."""
-    arr = _message(payload, MAX_CONFIG_BYTES, "config", 3)
+    return _config_of(_message(payload, MAX_CONFIG_BYTES, "config", 3))
+
+
+def _config_of(arr: list[Any]) -> ConfigDocument:
     version = p.integer(arr[1], "config version", 0)
     values = _decode_doc(p.mapping(arr[2], "config", MAX_CONFIG_BYTES), "config", 0)
     error = None if p.at(arr, 3) is None else p.text(arr[3], "config error", MAX_TEXT_LEN)
     return ConfigDocument(version, values, error)
+
+
+def encode_reported_config(report: ReportedConfig) -> bytes:
+    """``[1, version, values, error?, pending_restart?, refused_version?]``; the first four as in
+    ``encode_config``. Raises InvalidValue or PayloadTooLarge."""
+    if len(report.pending_restart) > MAX_PENDING_KEYS:
+        raise PayloadTooLarge(f"pending_restart: more than {MAX_PENDING_KEYS} keys")
+    refused = report.refused_version
+    body = [
+        PROTOCOL_VERSION,
+        p.check_int(report.version, "config version", 0),
+        _check_doc(dict(report.values), "config", 0),
+        None if report.error is None else p.check_text(report.error, "config error", MAX_TEXT_LEN),
+        [p.check_text(k, "pending key", MAX_PATH_LEN) for k in report.pending_restart] or None,
+        None if refused is None else p.check_int(refused, "refused version", 0),
+    ]
+    return p.pack(_trim(body), MAX_CONFIG_BYTES, "reported config")
+
+
+def decode_reported_config(payload: bytes) -> ReportedConfig:
+    """Decode a ``config`` payload (also one written by ``encode_config``). Raises
+    ProtocolError subclasses only."""
+    arr = _message(payload, MAX_CONFIG_BYTES, "config", 3)
+    doc = _config_of(arr)
+    raw_pending = p.at(arr, 4)
+    pending = () if raw_pending is None else p.array(raw_pending, "pending_restart")
+    if len(pending) > MAX_PENDING_KEYS:
+        raise PayloadTooLarge(f"pending_restart: more than {MAX_PENDING_KEYS} keys")
+    keys = tuple(p.text(k, "pending key", MAX_PATH_LEN) for k in pending)
+    refused = p.opt_integer(p.at(arr, 5), "refused version", 0)
+    return ReportedConfig(doc.version, doc.values, doc.error, keys, refused)
 
 
 def _message(payload: bytes, limit: int, what: str, min_len: int) -> list[Any]:

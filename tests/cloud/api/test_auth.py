@@ -118,7 +118,7 @@ async def test_every_operation_documents_its_scope(api: Api, client: httpx.Async
 
 
 async def test_maintenance_may_not_send_set_config(api: Api, client: httpx.AsyncClient) -> None:
-    body = {"name": "set_config", "args": {"values": {"gps.rate_hz": 1}}}
+    body = {"name": "set_config", "args": {"values": {"gps": {"rate_hz": 1}}}}
     r = await client.post("/v1/vehicles/veh-1/commands", json=body, headers=api.auth("maintenance"))
     assert r.status_code == 403
     assert "set_config" in r.json()["detail"]

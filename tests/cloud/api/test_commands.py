@@ -48,14 +48,18 @@ async def test_idempotency_key_returns_the_same_command(
 
 
 async def test_client_supplied_command_id(api: Api, client: httpx.AsyncClient) -> None:
-    body = {"name": "set_config", "args": {"values": {"gps.rate_hz": 5}}, "command_id": "cfg-1"}
+    values = {"gps": {"rate_hz": 5}}
+    body = {"name": "set_config", "args": {"values": values}, "command_id": "cfg-1"}
     first = await client.post(URL, json=body, headers=api.auth("dispatch"))
     again = await client.post(URL, json=body, headers=api.auth("dispatch"))
     assert (first.status_code, again.status_code) == (201, 200)
     cmd = first.json()
     assert cmd["command_id"] == "cfg-1"
-    assert cmd["args"]["values"] == {"gps.rate_hz": 5}
-    assert cmd["args"]["version"] >= NOW_NS // 1_000_000  # assigned by the service
+    assert cmd["args"]["values"] == {"gps": {"rate_hz": 5}}
+    assert cmd["args"]["version"] == 1  # the desired configuration's new version
+    desired = (await api.store.get_config("veh-1")).desired
+    assert desired is not None
+    assert (desired.version, desired.document) == (1, {"gps": {"rate_hz": 5}})
     other_vehicle = await client.post(
         "/v1/vehicles/veh-2/commands", json=body, headers=api.auth("dispatch")
     )
@@ -68,6 +72,7 @@ async def test_client_supplied_command_id(api: Api, client: httpx.AsyncClient) -
         {"name": "self_destruct"},
         {"name": "set_config", "args": {}},
         {"name": "set_config", "args": {"values": {}, "extra": 1}},
+        {"name": "set_config", "args": {"values": {"gps.rate_hz": 5}}},
         {"name": "ping", "command_id": "bad id"},
         {"name": "ping", "expires_in_s": 0},
         {"name": "ping", "args": {f"k{i}": i for i in range(100)}},

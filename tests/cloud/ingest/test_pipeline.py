@@ -20,9 +20,13 @@ from fleetlink_protocols.messages import (
     AckStatus,
     Birth,
     CommandAck,
+    ConfigDocument,
+    ReportedConfig,
     encode_ack,
     encode_birth,
+    encode_config,
     encode_death,
+    encode_reported_config,
 )
 from fleetlink_protocols.records import Dtc, DtcSource, Event, Health, Position, SignalValue
 from tests.cloud.ingest.fleet import BOOT, DEV, RX0, T0, Msg, S, drive, payload, topic
@@ -358,6 +362,39 @@ async def test_command_acks(store: Store, pipeline: Pipeline) -> None:
     await pipeline.process([Msg(topic("ack"), encode_ack(stray))])
     (letter,) = await store.list_dead_letters()
     assert letter.reason == "UnknownCommand: ack of command 'cmd-9' never sent to it"
+
+
+async def test_reported_configurations_replace_the_previous_one(
+    store: Store, pipeline: Pipeline
+) -> None:
+    applied = ReportedConfig(3, {"sampling": {"position_interval_s": 2.0}}, None, ("u.k",))
+    await pipeline.process([Msg(topic("config"), encode_reported_config(applied))])
+    reported = (await store.get_config(DEV)).reported
+    assert reported is not None
+    assert (reported.version, reported.document, reported.pending_restart) == (
+        3,
+        {"sampling": {"position_interval_s": 2.0}},
+        ("u.k",),
+    )
+    assert (reported.refused_version, reported.error, reported.reported_wall_ns) == (
+        None,
+        None,
+        RX0,
+    )
+    # An agent that writes the plain config layout (no pending keys, no refused version).
+    plain = encode_config(ConfigDocument(3, {}, "sampling.x: Extra inputs are not permitted"))
+    await pipeline.process([Msg(topic("config"), plain, RX0 + S)])
+    reported = (await store.get_config(DEV)).reported
+    assert reported is not None
+    assert (reported.version, reported.error, reported.refused_version) == (
+        3,
+        "sampling.x: Extra inputs are not permitted",
+        None,
+    )
+    await pipeline.process([Msg(topic("config"), b"\x93\x01")])
+    (letter,) = await store.list_dead_letters()
+    assert letter.reason.startswith("MalformedPayload")
+    assert pipeline.counters["config_reported"] == 2
 
 
 # -- failures ---------------------------------------------------------------------------------

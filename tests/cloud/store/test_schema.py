@@ -10,6 +10,7 @@ import pytest
 from fleetlink_cloud.errors import ConfigError, StoreError
 from fleetlink_cloud.store import BACKENDS, Store, open_store
 from fleetlink_cloud.store import postgres as pg_backend
+from fleetlink_cloud.store import sql as sql_backend
 from fleetlink_cloud.store.postgres import redacted
 from fleetlink_cloud.store.schema import MIGRATIONS, latest_version
 from fleetlink_cloud.store.sql import TABLES
@@ -18,8 +19,9 @@ from tests.cloud.store.records import T0, add
 
 
 async def test_fresh_schema_is_at_the_latest_version_and_empty(store: Store) -> None:
-    assert latest_version() == MIGRATIONS[-1][0] == 1
-    assert await store.schema_version() == 1
+    assert latest_version() == MIGRATIONS[-1][0] == 2
+    assert [n for n, _ in MIGRATIONS] == [1, 2]
+    assert await store.schema_version() == 2
     stats = await store.stats()
     assert dict(stats.counts) == dict.fromkeys(TABLES, 0)
     assert await store.list_devices() == []
@@ -32,17 +34,34 @@ async def test_opening_again_is_idempotent_and_keeps_data(store_url: str) -> Non
         await first.append_stream_events([])
     for _ in range(2):
         async with open_store(store_url) as again:
-            assert await again.schema_version() == 1
+            assert await again.schema_version() == 2
             devices = await again.list_devices()
             assert [(d.id, d.created_wall_ns) for d in devices] == [("veh-1", T0)]
             assert (await again.stats()).counts["devices"] == 1
+
+
+async def test_a_version_1_database_is_migrated_to_2_and_keeps_its_data(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(sql_backend, "MIGRATIONS", MIGRATIONS[:1])
+        async with open_store(store_url) as old:
+            assert await old.schema_version() == 1
+            await add(old, "veh-1")
+    async with open_store(store_url) as upgraded:
+        assert await upgraded.schema_version() == 2
+        assert [d.id for d in await upgraded.list_devices()] == ["veh-1"]
+        row = await upgraded.set_desired_config(
+            "veh-1", {"health": {"interval_s": 30}}, expected_version=0, set_by="t", set_wall_ns=T0
+        )
+        assert row.version == 1
 
 
 async def test_concurrent_first_opens_migrate_once(store_url: str) -> None:
     stores = [open_store(store_url) for _ in range(3)]
     opened = await asyncio.gather(*(s.__aenter__() for s in stores))
     try:
-        assert [await s.schema_version() for s in opened] == [1, 1, 1]
+        assert [await s.schema_version() for s in opened] == [2, 2, 2]
         await add(opened[0], "veh-1")
         assert [d.id for d in await opened[2].list_devices()] == ["veh-1"]
     finally:
@@ -94,7 +113,7 @@ def test_sqlite_url_paths() -> None:
 
 async def test_in_memory_sqlite_works() -> None:
     async with open_store("sqlite:///:memory:") as store:
-        assert await store.schema_version() == 1
+        assert await store.schema_version() == 2
         await add(store, "veh-1")
         assert [d.id for d in await store.list_devices()] == ["veh-1"]
 

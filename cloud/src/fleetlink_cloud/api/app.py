@@ -28,7 +28,7 @@ from fleetlink_cloud.tokens import IMPLIES
 from fleetlink_protocols.limits import MAX_PAYLOAD_BYTES
 
 API_PREFIX: Final = "/v1"
-MAX_BODY_BYTES: Final = MAX_PAYLOAD_BYTES  # a set_config document is the largest body
+MAX_BODY_BYTES: Final = MAX_PAYLOAD_BYTES  # a set_config or configuration body is the largest
 # Models only named by ``$ref`` in alternative media types (GeoJSON), added to the components.
 EXTRA_SCHEMAS: Final = (PositionCollection,)
 
@@ -81,9 +81,9 @@ class FleetlinkApi(FastAPI):
 def create_app(ctx: ApiContext, *, commands: CommandService | None = None) -> FastAPI:
     """The API app serving ``ctx``.
 
-    ``commands`` sends downlink commands; without one, the app makes a CommandService that has
-    no MQTT publisher, so new commands stay queued until a process with a broker link (ingest)
-    sends them.
+    ``commands`` sends downlink commands and, through its ``configs``, desired configurations;
+    without one, the app makes a CommandService that has no MQTT publisher, so new commands and
+    configurations wait in the store until a process with a broker link sends them.
     """
     app = FleetlinkApi(
         title="fleetlink API",
@@ -95,6 +95,7 @@ def create_app(ctx: ApiContext, *, commands: CommandService | None = None) -> Fa
     )
     app.state.ctx = ctx
     app.state.commands = commands or CommandService(ctx.store, None, clock=ctx.clock)
+    app.state.configs = app.state.commands.configs
     errors.install(app)
     document_scopes(health.router.routes)
     app.include_router(health.router)
@@ -108,7 +109,8 @@ def create_app(ctx: ApiContext, *, commands: CommandService | None = None) -> Fa
         app.add_middleware(
             CORSMiddleware,
             allow_origins=ctx.settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-Match"],
+            expose_headers=["ETag"],
         )
     return app

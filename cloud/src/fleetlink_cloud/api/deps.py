@@ -17,6 +17,7 @@ from starlette.requests import HTTPConnection
 from fleetlink_cloud.bus import EventBus
 from fleetlink_cloud.commands import CommandService
 from fleetlink_cloud.config import ApiSettings
+from fleetlink_cloud.configs import ConfigService
 from fleetlink_cloud.store.base import Scope, Store
 
 Clock = Callable[[], int]
@@ -67,3 +68,12 @@ def command_service(conn: HTTPConnection) -> CommandService:
 
 
 Commands = Annotated[CommandService, Depends(command_service)]
+
+
+def config_service(conn: HTTPConnection) -> ConfigService:
+    """The app's configuration service (the command service's, unless one was given)."""
+    service: ConfigService = conn.app.state.configs
+    return service
+
+
+Configs = Annotated[ConfigService, Depends(config_service)]

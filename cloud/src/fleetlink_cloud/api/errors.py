@@ -6,7 +6,9 @@
 | ``NotFound``                             | 404    | what was not found            |
 | ``BadCursor``                            | 400    | the cursor is not ours        |
 | ``AlreadyExists``, ``CommandConflict``   | 409    | what is taken                 |
-| ``InvalidCommand``                       | 422    | what the command got wrong    |
+| ``StaleVersion`` (If-Match)              | 412    | the current version (ETag)    |
+| ``ConfigTooLarge``                       | 413    | its size and the limit        |
+| ``InvalidCommand``, ``InvalidConfig``    | 422    | what the body got wrong       |
 | request validation (FastAPI)             | 422    | a list of field errors        |
 | a body over the limit (``bodylimit``)    | 413    | the limit                     |
 | ``StoreError`` (database down)           | 503    | "store unavailable"           |
@@ -34,8 +36,9 @@ from starlette.websockets import WebSocket
 
 from fleetlink_cloud.api.auth import AuthFailed
 from fleetlink_cloud.commands import CommandConflict, InvalidCommand
+from fleetlink_cloud.configs import ConfigTooLarge, InvalidConfig
 from fleetlink_cloud.errors import NotFound, StoreError
-from fleetlink_cloud.store.base import AlreadyExists, BadCursor
+from fleetlink_cloud.store.base import AlreadyExists, BadCursor, StaleVersion
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,10 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "The token's scope is not enough",
         404: "Not found",
         409: "Conflict: the id is taken",
-        413: "The request body is too large",
+        412: "If-Match names another version than the current one (its ETag is sent)",
+        413: "The request body (or configuration document) is too large",
         422: "Invalid parameters or body",
+        428: "If-Match is required to change an existing document",
         503: "The store is unavailable",
     }
     return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
@@ -96,6 +101,12 @@ async def _http_error(conn: HTTPConnection, exc: Exception) -> Response | None:
     return await _reply(conn, exc.status_code, exc.detail, exc.headers)
 
 
+async def _stale(conn: HTTPConnection, exc: Exception) -> Response | None:
+    assert isinstance(exc, StaleVersion)
+    headers = {"ETag": f'"{exc.current}"'} if exc.current else None
+    return await _reply(conn, 412, str(exc), headers)
+
+
 async def _store_down(conn: HTTPConnection, exc: Exception) -> Response | None:
     log.error("store error on %s %s: %s", conn.scope.get("method", "WS"), conn.url.path, exc)
     return await _reply(conn, 503, "store unavailable")
@@ -116,6 +127,9 @@ def install(app: FastAPI) -> None:
         (AlreadyExists, _fixed(409, "already exists")),
         (CommandConflict, _fixed(409)),
         (InvalidCommand, _fixed(422)),
+        (StaleVersion, _stale),
+        (ConfigTooLarge, _fixed(413)),
+        (InvalidConfig, _fixed(422)),
         (StoreError, _store_down),
         (RequestValidationError, _validation),
         (WebSocketRequestValidationError, _validation),

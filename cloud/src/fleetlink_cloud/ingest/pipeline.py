@@ -3,7 +3,8 @@
 ``Pipeline.process(messages)`` returns only when everything the group holds is committed: its
 batches in one store transaction (with their stream events), its births, deaths, command acks
 and dead letters. A status message commits the batches received before it first, so presence
-sees batches, births and deaths in the order they arrived. The caller acks the messages after
+sees batches, births and deaths in the order they arrived. A reported configuration replaces
+the device's previous one (``record_reported_config``). The caller acks the messages after
 that; if it raises (StoreError, BirthPending), nothing may be acked and the group is processed
 again later, which the store's dedupe by (device, boot, seq) makes harmless (a dead letter
 written before a failure may be written twice; records never are).
@@ -39,7 +40,13 @@ from fleetlink_protocols.catalog import CATALOG, AliasTable
 from fleetlink_protocols.codec import DecodedBatch, decode_batch
 from fleetlink_protocols.errors import ProtocolError
 from fleetlink_protocols.limits import MAX_PAYLOAD_BYTES
-from fleetlink_protocols.messages import AckStatus, Birth, decode_ack, decode_config, decode_status
+from fleetlink_protocols.messages import (
+    AckStatus,
+    Birth,
+    decode_ack,
+    decode_reported_config,
+    decode_status,
+)
 from fleetlink_protocols.topics import TopicKind, parse_topic
 
 log = logging.getLogger(__name__)
@@ -190,9 +197,7 @@ class Pipeline:
             elif kind is TopicKind.ACK:
                 await self._ack(msg, device_id, group)
             elif kind is TopicKind.CONFIG:
-                decode_config(msg.payload)  # reported config: nothing keeps it yet but presence
-                await self._store.touch(device_id, msg.received_wall_ns)
-                group.counts["config_reported"] += 1
+                await self._config(msg, device_id, group)
             else:
                 raise Rejected("NotUplink", f"{kind.value} is a downlink topic", device_id)
         except ProtocolError as exc:
@@ -336,6 +341,24 @@ class Pipeline:
             )
         await self._store.touch(device_id, msg.received_wall_ns)
         group.counts["command_acks"] += 1
+
+    async def _config(self, msg: Message, device_id: str, group: _Group) -> None:
+        report = decode_reported_config(msg.payload)
+        await self._store.record_reported_config(
+            device_id,
+            version=report.version,
+            document=report.values,
+            pending_restart=report.pending_restart,
+            refused_version=report.refused_version,
+            error=report.error,
+            received_wall_ns=msg.received_wall_ns,
+        )
+        await self._store.touch(device_id, msg.received_wall_ns)
+        group.counts["config_reported"] += 1
+        if report.error is not None:
+            log.info(
+                "%s refused configuration %s: %s", device_id, report.refused_version, report.error
+            )
 
     @staticmethod
     def _remember(cache: OrderedDict[str, V], key: str, value: V) -> None:

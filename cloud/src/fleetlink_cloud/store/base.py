@@ -63,6 +63,19 @@ class AlreadyExists(StoreError):
     """A create with an id (or token hash) that is taken (an API maps it to 409)."""
 
 
+class StaleVersion(StoreError):
+    """``set_desired_config`` expected another version than the current one (an API maps it
+    to 412). ``current`` is the version stored now, 0 when the device has no document."""
+
+    def __init__(self, device_id: str, expected: int | None, current: int) -> None:
+        super().__init__(
+            f"{device_id}: the desired configuration is at version {current}, not {expected}"
+        )
+        self.device_id = device_id
+        self.expected = expected
+        self.current = current
+
+
 # -- ingest ------------------------------------------------------------------------------------
 
 
@@ -297,6 +310,54 @@ class CommandRow:
     sent_wall_ns: int | None
     acked_wall_ns: int | None  # cloud clock of the latest ack
     detail: str  # from the latest ack
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredConfigRow:
+    """The configuration a device should run: a partial agent settings document (JSON-like).
+
+    ``version`` starts at 1 and grows by one with every change; ``published_version`` is the
+    newest version published retained on ``dn/config`` (None: none yet).
+    """
+
+    device_id: str
+    version: int
+    document: Mapping[str, Any]
+    set_by: str  # token id (or "cli")
+    set_wall_ns: int
+    published_version: int | None
+    published_wall_ns: int | None
+
+    @property
+    def published(self) -> bool:
+        return self.published_version is not None and self.published_version >= self.version
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedConfigRow:
+    """What the device last said it runs (protocol ``ReportedConfig``), cloud clock of receipt.
+
+    ``version``/``document``: the desired document it applied (0 and empty: none, it runs its
+    local settings); ``pending_restart``: its keys that take effect at the next start;
+    ``error``: why it refused the desired version ``refused_version``.
+    """
+
+    device_id: str
+    version: int
+    document: Mapping[str, Any]
+    pending_restart: tuple[str, ...]
+    refused_version: int | None
+    error: str | None
+    reported_wall_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """Desired and reported configuration of one device; either may be absent."""
+
+    device_id: str
+    desired: DesiredConfigRow | None
+    reported: ReportedConfigRow | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -618,6 +679,55 @@ class Store(Protocol):
         (nothing stored) for a command id unknown for that device. An ack that would change
         nothing (redelivered, behind the current status, or after a final status: done, failed,
         rejected) returns the row unchanged and appends no event."""
+        ...
+
+    # -- remote configuration ----------------------------------------------------------------
+
+    async def set_desired_config(
+        self,
+        device_id: str,
+        document: Mapping[str, Any],
+        *,
+        expected_version: int | None,
+        set_by: str,
+        set_wall_ns: int,
+        first_version: int = 1,
+    ) -> DesiredConfigRow:
+        """Replace the device's desired document atomically, raising its version by one.
+
+        ``expected_version``: the version the caller read (0: the device has no document yet),
+        or None to replace whatever is there. A mismatch raises StaleVersion and changes
+        nothing, also against concurrent writers. A device's first document gets
+        ``first_version``. Raises NotFound for an unknown device."""
+        ...
+
+    async def get_config(self, device_id: str) -> DeviceConfig:
+        """Desired and reported configuration (both None for a device without any)."""
+        ...
+
+    async def record_reported_config(
+        self,
+        device_id: str,
+        *,
+        version: int,
+        document: Mapping[str, Any],
+        pending_restart: Sequence[str],
+        refused_version: int | None,
+        error: str | None,
+        received_wall_ns: int,
+    ) -> ReportedConfigRow:
+        """Store the device's report, replacing the previous one (the device publishes it
+        retained, so the newest one received is the one that holds)."""
+        ...
+
+    async def mark_config_published(
+        self, device_id: str, version: int, published_wall_ns: int
+    ) -> None:
+        """Note that ``version`` went out retained (the published version never goes back)."""
+        ...
+
+    async def unpublished_configs(self, limit: int = 1000) -> list[DesiredConfigRow]:
+        """Desired documents whose current version is not published yet, by device id."""
         ...
 
     # -- tokens ------------------------------------------------------------------------------

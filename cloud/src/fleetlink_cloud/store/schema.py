@@ -257,7 +257,30 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_by_webhook ON deliveries (webhook_id, id);
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+# Remote configuration: one desired document per device (versioned: optimistic concurrency,
+# and the version the device echoes), whether it is published yet, and the device's report.
+_V2 = """
+CREATE TABLE desired_config (
+    device_id TEXT PRIMARY KEY,
+    version {bigint} NOT NULL,
+    document TEXT NOT NULL,
+    set_by TEXT NOT NULL,
+    set_wall_ns {bigint} NOT NULL,
+    published_version {bigint},
+    published_wall_ns {bigint}
+);
+CREATE TABLE reported_config (
+    device_id TEXT PRIMARY KEY,
+    version {bigint} NOT NULL,
+    document TEXT NOT NULL,
+    pending_restart TEXT NOT NULL,
+    refused_version {bigint},
+    error TEXT,
+    reported_wall_ns {bigint} NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
 """(number, DDL template) in order; ``{bigint}``-style names are Dialect fields."""
 
 VERSION_TABLE = (

@@ -14,14 +14,16 @@ from types import TracebackType
 from typing import Any, Self
 
 from fleetlink_cloud.bus import StreamEvent
-from fleetlink_cloud.store import admin, presence, read, stream, write
+from fleetlink_cloud.store import admin, configs, presence, read, stream, write
 from fleetlink_cloud.store.base import (
     AuditRow,
     CommandRow,
     CommandStatus,
     DeadLetter,
     Delivery,
+    DesiredConfigRow,
     Device,
+    DeviceConfig,
     DtcRow,
     DtcState,
     EventRow,
@@ -33,6 +35,7 @@ from fleetlink_cloud.store.base import (
     Page,
     PositionRow,
     Presence,
+    ReportedConfigRow,
     Scope,
     SignalRow,
     StoreStats,
@@ -58,6 +61,8 @@ TABLES = (
     "audit",
     "webhooks",
     "deliveries",
+    "desired_config",
+    "reported_config",
 )
 
 
@@ -371,6 +376,60 @@ class SqlStore(abc.ABC):
             return await admin.record_command_ack(
                 c, device_id, command_id, status, detail, received_wall_ns
             )
+
+    # -- remote configuration ----------------------------------------------------------------
+
+    async def set_desired_config(
+        self,
+        device_id: str,
+        document: Mapping[str, Any],
+        *,
+        expected_version: int | None,
+        set_by: str,
+        set_wall_ns: int,
+        first_version: int = 1,
+    ) -> DesiredConfigRow:
+        async with self._write() as c:
+            return await configs.set_desired(
+                c, device_id, document, expected_version, set_by, set_wall_ns, first_version
+            )
+
+    async def get_config(self, device_id: str) -> DeviceConfig:
+        async with self._read() as c:
+            return await configs.get_config(c, device_id)
+
+    async def record_reported_config(
+        self,
+        device_id: str,
+        *,
+        version: int,
+        document: Mapping[str, Any],
+        pending_restart: Sequence[str],
+        refused_version: int | None,
+        error: str | None,
+        received_wall_ns: int,
+    ) -> ReportedConfigRow:
+        async with self._write() as c:
+            return await configs.record_reported(
+                c,
+                device_id,
+                version,
+                document,
+                pending_restart,
+                refused_version,
+                error,
+                received_wall_ns,
+            )
+
+    async def mark_config_published(
+        self, device_id: str, version: int, published_wall_ns: int
+    ) -> None:
+        async with self._write() as c:
+            await configs.mark_published(c, device_id, version, published_wall_ns)
+
+    async def unpublished_configs(self, limit: int = 1000) -> list[DesiredConfigRow]:
+        async with self._read() as c:
+            return await configs.unpublished(c, limit)
 
     # -- tokens, audit -----------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from fleetlink_cloud.api.routers import (
     admin,
     commands,
+    config,
     devices,
     dtcs,
     events,
@@ -26,6 +27,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     dtcs.router,
     events.router,
     commands.router,
+    config.router,
     stream.router,
     webhooks.router,
     devices.router,

@@ -82,6 +82,7 @@ async def create_command(
         command_id=body.command_id,
         idempotency_key=idempotency_key,
         expires_in_s=body.expires_in_s,
+        actor=principal.token_id,
     )
     row = result.command
     request.state.audit_detail = f"command {row.command_id} {row.name}" + (
