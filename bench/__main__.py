@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import agent_rss, capture, ingest, payload, stream_latency
+from bench import agent_rss, capture, ingest, payload, solomon, stream_latency
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "can_capture": lambda a: asyncio.run(capture.can_capture(a.data)),
@@ -27,6 +27,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "agent_rss": lambda a: agent_rss.agent_rss(a.data, a.rss_seconds),
     "ingest": lambda a: ingest.ingest(),
     "stream_latency": lambda a: stream_latency.stream_latency(),
+    "solomon": lambda a: solomon.solomon(a.data),
 }
 
 ROOT = Path(__file__).resolve().parents[1]

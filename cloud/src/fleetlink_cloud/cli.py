@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fleetlink_cloud.cli_tokens",
     "fleetlink_cloud.cli_devices",
     "fleetlink_cloud.cli_demo",
+    "fleetlink_cloud.cli_plan",
 )
 
 
