@@ -23,10 +23,12 @@ forked processes, not threads; where ``fork`` is unavailable one chain runs in t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import random
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -45,6 +47,8 @@ _BASE_DEPTH = 5
 _BASE_SHARE = 0.5  # at most this share of the time limit goes to the first solve
 _MARGIN_S = 0.15  # stop this long before the limit: collecting the chains, evaluating
 _MIN_CHAIN_S = 0.2  # not worth starting the chains with less time than this
+_EPOCHS = 3  # the chains restart from the best plan so far this many times
+_FACTORS = 1024  # perturbation factors drawn per round, then picked at random for every arc
 _VROOM_ERRORS = (
     _vroom.VroomInputException,
     _vroom.VroomInternalException,
@@ -63,8 +67,10 @@ class Chain:
     """Settings of one iterated-local-search chain (see the module docstring)."""
 
     depth: int = 8  # VROOM's ruin-and-recreate depth (jobs removed at a time)
+    shake_depth: int = 8  # the same, under the perturbed costs
     sigma: float = 0.3  # spread of the log-normal cost perturbation
     accept: float = 0.0  # relative worsening accepted for the chain's current solution
+    split: float = 0.0  # share of rounds that split a random route in two instead of perturbing
 
 
 CHAINS: tuple[Chain, ...] = (Chain(depth=8), Chain(depth=5, accept=0.005))
@@ -98,7 +104,12 @@ def _model(instance: Instance) -> _Model:
 
 
 def _perturbed(costs: list[list[int]], sigma: float, rng: random.Random) -> list[list[int]]:
-    return [[round(c * math.exp(rng.gauss(0.0, sigma))) for c in row] for row in costs]
+    """Every cost times an independent log-normal factor (median 1)."""
+    factors = [math.exp(rng.gauss(0.0, sigma)) for _ in range(_FACTORS)]
+    n = len(costs)
+    return [
+        [round(c * f) for c, f in zip(row, rng.choices(factors, k=n), strict=True)] for row in costs
+    ]
 
 
 def _input(model: _Model, costs: list[list[int]], start: Routes) -> Any:
@@ -151,6 +162,17 @@ def _score(instance: Instance, routes: Routes) -> tuple[int, float]:
     return len(instance.customers) - served, sum(route_distance(instance, r) for r in routes)
 
 
+def _shake(model: _Model, routes: Routes, chain: Chain, rng: random.Random, left: float) -> Routes:
+    """Move away from ``routes``: split one in two (still feasible), or improve under noise."""
+    if rng.random() < chain.split and len(routes) < model.instance.vehicles:
+        k = rng.randrange(len(routes))
+        if len(routes[k]) > 1:
+            cut = rng.randrange(1, len(routes[k]))
+            return (*routes[:k], *routes[k + 1 :], routes[k][:cut], routes[k][cut:])
+    costs = _perturbed(model.costs, chain.sigma, rng)
+    return _run(_input(model, costs, routes), 1, chain.shake_depth, 1, left)
+
+
 def _chain(
     model: _Model, start: Routes, chain: Chain, seed: int, deadline: float
 ) -> tuple[Routes, int]:
@@ -160,8 +182,7 @@ def _chain(
     best_score = current_score = _score(model.instance, start)
     rounds = 0
     while (left := deadline - time.monotonic()) > 0.05:
-        shaken_costs = _perturbed(model.costs, chain.sigma, rng)
-        shaken = _run(_input(model, shaken_costs, current), 1, chain.depth, 1, left)
+        shaken = _shake(model, current, chain, rng, left)
         left = deadline - time.monotonic()
         candidate = _run(_input(model, model.costs, shaken), 1, chain.depth, 1, left)
         score = _score(model.instance, candidate)
@@ -175,21 +196,36 @@ def _chain(
     return best, rounds
 
 
-def _chains(
+def _run_chain(job: tuple[_Model, Routes, Chain, int, float]) -> tuple[Routes, int]:
+    return _chain(*job)
+
+
+def _improve(
     model: _Model, start: Routes, workers: int, seed: int, deadline: float
-) -> list[tuple[Routes, int]]:
+) -> tuple[Routes, int]:
+    """Run the chains in ``_EPOCHS`` epochs, every epoch's chains starting from the best so far."""
     chains = [CHAINS[i % len(CHAINS)] for i in range(workers)]
-    seeds = [seed * 1000 + i for i in range(workers)]
-    if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return [_chain(model, start, chains[0], seeds[0], deadline)]
-    # fork: the children inherit the imported modules; spawning would import pyvroom again.
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        futures = [
-            pool.submit(_chain, model, start, c, s, deadline)
-            for c, s in zip(chains, seeds, strict=True)
-        ]
-        return [f.result() for f in futures]
+    best, best_score, rounds = start, _score(model.instance, start), 0
+    with contextlib.ExitStack() as stack:
+        run_all: Callable[..., Iterable[tuple[Routes, int]]] = map
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            # fork: the children inherit the imported modules; spawn would import pyvroom again.
+            context = multiprocessing.get_context("fork")
+            run_all = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context)).map
+        else:
+            chains = chains[:1]
+        for epoch in range(_EPOCHS):
+            now = time.monotonic()
+            epoch_end = now + (deadline - now) / (_EPOCHS - epoch)
+            jobs = [
+                (model, best, c, (seed * 1000 + epoch) * 100 + i, epoch_end)
+                for i, c in enumerate(chains)
+            ]
+            for routes, n in run_all(_run_chain, jobs):
+                rounds += n
+                if (score := _score(model.instance, routes)) < best_score:
+                    best, best_score = routes, score
+    return best, rounds
 
 
 def solve(
@@ -206,13 +242,9 @@ def solve(
     workers = max(1, workers)
     budget = min(time_limit_s * _BASE_SHARE, deadline - time.monotonic())
     first = _run(_input(model, model.costs, ()), _BASE_SEARCHES, _BASE_DEPTH, workers, budget)
-    best, best_score = first, _score(instance, first)
-    rounds = 0
+    best, rounds = first, 0
     if deadline - time.monotonic() > _MIN_CHAIN_S:
-        for routes, n in _chains(model, first, workers, seed, deadline):
-            rounds += n
-            if (score := _score(instance, routes)) < best_score:
-                best, best_score = routes, score
+        best, rounds = _improve(model, first, workers, seed, deadline)
     served = {c for r in best for c in r}
     unassigned = tuple(c.id for c in instance.customers if c.id not in served)
     return Plan(best, unassigned, rounds, _score(instance, first)[1])
