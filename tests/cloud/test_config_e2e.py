@@ -46,6 +46,9 @@ pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 URL = f"/v1/vehicles/{DEVICE}/config"
 S = 1_000_000_000
 EVERY_2_S = {"sampling": {"position_interval_s": 2}, "uplink": {"batch_max_records": 50}}
+FUEL_RATE = "Vehicle.OBD.FuelRate"
+# J1979 PID 5E (engine fuel rate): the simulated ECU supports it, the default list omits it.
+WITH_FUEL_RATE = {"can": {"obd": {"pids": [0x0C, 0x0D, 0x5E]}}}
 
 
 @contextlib.asynccontextmanager
@@ -121,13 +124,16 @@ async def test_a_configuration_set_offline_reaches_the_vehicle_and_its_report_th
                 vehicle = start_vehicle(password, broker.port, tmp_path / "vehicle", log)
                 try:
                     await check_applied_then_refused(api, store)
+                    await check_a_pid_added_is_polled_without_a_restart(api, store)
+                    assert vehicle.poll() is None  # the same process all along
                 finally:
                     vehicle.send_signal(signal.SIGTERM)
                     code = await asyncio.to_thread(vehicle.wait, 30)
                 assert code == 0, log.read_text()[-3000:]
                 assert await store.list_dead_letters(limit=10) == []
                 audit = [(a.method, a.path, a.status) for a in await store.list_audit()]
-                assert audit == [("PUT", URL, 200), ("PUT", URL, 200), ("PUT", URL, 412)]
+                assert audit == [("PUT", URL, 200), ("PUT", URL, 200), ("PUT", URL, 412),
+                                 ("PUT", URL, 200)]  # fmt: skip
 
 
 async def check_applied_then_refused(api: httpx.AsyncClient, store: Store) -> None:
@@ -155,3 +161,24 @@ async def check_applied_then_refused(api: httpx.AsyncClient, store: Store) -> No
     # Nothing changed on the vehicle: still a fix every 2 s.
     refused_at = body["reported"]["reported_wall_ns"]
     assert min(gaps_s(await fixes_after(store, refused_at, 3))) >= 1.9
+
+
+async def check_a_pid_added_is_polled_without_a_restart(
+    api: httpx.AsyncClient, store: Store
+) -> None:
+    latest = await store.signals_latest(DEVICE)
+    assert FUEL_RATE not in latest
+    boot = latest["Vehicle.OBD.Speed"].boot_id
+    third = await api.put(URL, json={"document": WITH_FUEL_RATE}, headers={"If-Match": '"2"'})
+    assert (third.status_code, third.headers["etag"]) == (200, '"3"')
+    body = await reported(api, lambda b: b["reported"]["version"] == 3)
+    assert body["in_sync"] is True
+    assert body["reported"]["document"] == WITH_FUEL_RATE
+    assert (body["reported"]["error"], body["reported"]["pending_restart"]) == (None, [])
+    # The poller takes the new list at once: fuel rate samples arrive from the same boot.
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            if (page := await store.signal_history(DEVICE, FUEL_RATE, limit=5)).items:
+                break
+            await asyncio.sleep(0.2)
+    assert {row.boot_id for row in page.items} == {boot}

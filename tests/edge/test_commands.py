@@ -145,7 +145,7 @@ async def test_an_expired_command_is_rejected_and_not_run() -> None:
 @pytest.mark.parametrize(
     ("name", "args", "reason"),
     [
-        ("self_destruct", {}, "unknown command 'self_destruct'; this agent knows ping, read_d"),
+        ("self_destruct", {}, "unknown command 'self_destruct'; this agent knows offer_job, ping"),
         ("ping", {"x": 1}, "ping takes no arguments, got x"),
         ("read_dtcs", {"mode": 7}, "read_dtcs takes no arguments"),
         ("set_config", {}, "set_config needs values"),

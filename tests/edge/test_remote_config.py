@@ -55,7 +55,7 @@ class Vehicle:
 
             return apply
 
-        made = {name: setter(name) for name in ("sampling", "health", "log", "outbox")}
+        made = {name: setter(name) for name in ("sampling", "health", "log", "outbox", "can")}
         return {k: made[k.split(".")[0]] for k, how in REMOTE_KEYS.items() if how == "live"}
 
 

@@ -1,10 +1,10 @@
 """The composition root: builds the cloud service from settings and runs it until told to stop.
 
 ``serve`` runs everything one machine needs: the API (uvicorn), one ingest worker, the store ->
-bus tail that feeds WebSocket clients, command downlink and webhooks. With ``broker.embedded``
-it first starts an in-process MQTT broker (amqtt, MQTT 3.1.1), so nothing else has to be
-installed. ``ingest`` runs one more ingest worker against the configured broker; N of them share
-the load through an MQTT 5 shared subscription.
+bus tail that feeds WebSocket clients, command downlink, credential rotation and webhooks. With
+``broker.embedded`` it first starts an in-process MQTT broker (amqtt, MQTT 3.1.1), so nothing
+else has to be installed. ``ingest`` runs one more ingest worker against the configured broker;
+N of them share the load through an MQTT 5 shared subscription.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from fleetlink_cloud.broker import EmbeddedBroker
 from fleetlink_cloud.bus import EventBus
 from fleetlink_cloud.commands import CommandService
 from fleetlink_cloud.config import BrokerSettings, CloudSettings
+from fleetlink_cloud.credentials import BrokerPasswords, CredentialRotation
 from fleetlink_cloud.errors import ConfigError
 from fleetlink_cloud.ingest.consumer import MqttConsumer
 from fleetlink_cloud.ingest.pipeline import Pipeline
@@ -156,6 +157,12 @@ async def serve(
         pipeline = Pipeline(store, settings.ingest, topic_prefix=broker.topic_prefix)
         worker = IngestWorker(consumer, pipeline, store, settings.ingest)
         commands = CommandService(store, consumer, prefix=broker.topic_prefix)
+        rotation = CredentialRotation(
+            store,
+            commands,
+            BrokerPasswords.from_settings(settings.broker),
+            settle_s=settings.broker.reload_settle_s,
+        )
         webhooks = await stack.enter_async_context(WebhookDispatcher(store, settings.webhooks))
         ctx = ApiContext(store=store, bus=bus, settings=settings.api)
         app = create_app(ctx, commands=commands)
@@ -183,6 +190,7 @@ async def serve(
             "ingest": worker.run(),
             "tail": StreamTailer(store, bus, poll_interval_s=STREAM_POLL_S).run(),
             "commands": commands.run(bus),
+            "credentials": rotation.run(bus),
             "webhooks": webhooks.run(bus),
         }
         if on_ready is not None:

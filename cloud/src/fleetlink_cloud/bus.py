@@ -23,6 +23,14 @@ EVENT_TYPES: tuple[str, ...] = (
     "vehicle.online",  # birth
     "vehicle.offline",  # death (will) or heartbeat timeout
     "command.acked",  # a device acknowledged a command
+    # Dispatch (device_id: the job's vehicle, "" while it has none); data names the job.
+    "job.created",  # a job was stored (state new)
+    "job.state_changed",  # every state transition, with its reason
+    "job.assigned",  # a job became assigned to a vehicle (also a direct reassignment)
+    "job.unassigned",  # a job went back to new, off the vehicle it was on
+    "job.updated",  # no state change: a dispatcher lock or unlock, a driver's delay report
+    "job.eta_changed",  # a planned arrival moved
+    "job.reallocated",  # a re-plan moved a job to another vehicle
 )
 
 

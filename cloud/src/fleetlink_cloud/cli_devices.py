@@ -9,6 +9,9 @@ afterwards (``kill -HUP``) so it reads them.
 into DIR (``bundle.py``: agent config with the password, CA certificate, CAN network files, GNSS
 and boot configuration, the edge unit, ``install.sh``); see docs/provisioning.md. Profile, broker
 settings and DIR are checked before the device is registered, so a mistake registers nothing.
+
+``devices rotate ID`` queues a new password for the device (``credentials.py``); the running
+service sends it and, once the device acked it, updates the broker.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from fleetlink_cloud.bundle import (
     render_bundle,
 )
 from fleetlink_cloud.cli_store import add_store_options, audit_cli, run_with_store
+from fleetlink_cloud.commands import CommandService
 from fleetlink_cloud.config import CloudSettings
+from fleetlink_cloud.credentials import start_rotation
 from fleetlink_cloud.errors import ConfigError
 from fleetlink_cloud.profiles import load_profile, read_edge_unit, read_template
 from fleetlink_cloud.registry import (
@@ -78,6 +83,14 @@ def register(subparsers: Any) -> None:
     pw = sub.add_parser("passwd-file", help="print the Mosquitto password file of every device")
     add_store_options(pw)
     pw.set_defaults(func=_cmd_passwd_file)
+
+    rot = sub.add_parser(
+        "rotate", help="give a device a new MQTT password over its connection (no data lost)"
+    )
+    rot.add_argument("device_id", help="the device whose password to rotate")
+    rot.add_argument("--json", action="store_true", help="print the rotation as JSON")
+    add_store_options(rot)
+    rot.set_defaults(func=_cmd_rotate)
 
 
 def _cmd_add(args: argparse.Namespace) -> int:
@@ -248,6 +261,35 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 print(json.dumps(row))
             else:
                 print(f"{d.id}\t{d.name}\t{'disabled' if d.disabled else 'enabled'}")
+        return 0
+
+    return run_with_store(args, work)
+
+
+def _cmd_rotate(args: argparse.Namespace) -> int:
+    async def work(store: Store, settings: CloudSettings) -> int:
+        checked_device_id(args.device_id)
+        if await store.get_device(args.device_id) is None:
+            print(f"fleetlink-cloud: no device {args.device_id}", file=sys.stderr)
+            return 1
+        # No MQTT link here: the running service sends the command when the device is online.
+        commands = CommandService(store, None, prefix=settings.broker.topic_prefix)
+        row = await start_rotation(commands, args.device_id, actor="cli")
+        await audit_cli(
+            store,
+            "devices rotate",
+            f"device {args.device_id} rotation {row.command_id}",
+            now_wall_ns=time.time_ns(),
+            status=201,
+        )
+        if args.json:
+            print(json.dumps({"device_id": args.device_id, "command_id": row.command_id}))
+            return 0
+        print(f"rotation of {args.device_id} queued as command {row.command_id}")
+        print("the running service sends it when the device is online; once the device acks it,")
+        print("the service replaces the device's line in [broker] passwd_file and reloads the")
+        print("broker (docs/provisioning.md, Rotating credentials). The password is not shown:")
+        print("only the device gets it.")
         return 0
 
     return run_with_store(args, work)

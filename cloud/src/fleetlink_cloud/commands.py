@@ -43,8 +43,17 @@ COMMAND_SCOPES: Final[Mapping[str, tuple[str, ...]]] = {
     "ping": ("dispatch", "maintenance"),  # liveness round trip: ack "done"
     "read_dtcs": ("dispatch", "maintenance"),  # read trouble codes now (J1979 mode 03 / DM1)
     "set_config": ("dispatch",),  # args {"values": {...}}: patches the desired configuration
+    # args {"password": ...}: the device keeps a new MQTT password (credentials.py starts these)
+    "rotate_credentials": (),
+    "reconnect": (),  # the device connects again now, offering its newest password first
 }
 COMMAND_NAMES: Final = tuple(COMMAND_SCOPES)
+# Arguments no API response shows (they travel to the device only): name -> arg names.
+SECRET_ARGS: Final[Mapping[str, tuple[str, ...]]] = {"rotate_credentials": ("password",)}
+REDACTED: Final = "<redacted>"
+REMOVED: Final = "<removed>"  # the value once the store no longer holds the secret (credentials)
+# What the device checks too: 32 to 256 characters (the registry mints 43), nothing else.
+ROTATE_PASSWORD_RE: Final = re.compile(r"[\x21-\x7e]{32,256}")
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}")
 # Namespace of command ids derived from an Idempotency-Key (uuid5), fixed for ever.
@@ -86,6 +95,12 @@ def check_command(name: str, args: Mapping[str, Any]) -> None:
         values = args.get("values")
         if not isinstance(values, Mapping) or set(args) - {"values", "version"}:
             raise InvalidCommand('set_config takes args {"values": {...}}')
+    if name == "rotate_credentials":
+        password = args.get("password")
+        if set(args) != {"password"} or not isinstance(password, str):
+            raise InvalidCommand('rotate_credentials takes args {"password": "..."}')
+        if not ROTATE_PASSWORD_RE.fullmatch(password):
+            raise InvalidCommand("args.password: 32-256 printable ASCII characters, no space")
     try:
         encode_command(Command("x", name, args, None))
         if name == "set_config":
@@ -94,6 +109,12 @@ def check_command(name: str, args: Mapping[str, Any]) -> None:
         raise InvalidCommand(f"args: {exc}") from None
     except InvalidConfig as exc:
         raise InvalidCommand(f"args.values: {exc}") from None
+
+
+def public_args(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` as an API response may show them: secret values replaced by REDACTED."""
+    secret = SECRET_ARGS.get(name, ())
+    return {k: REDACTED if k in secret and v != REMOVED else v for k, v in args.items()}
 
 
 def args_fingerprint(name: str, args: Mapping[str, Any]) -> str:

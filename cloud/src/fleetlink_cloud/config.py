@@ -8,9 +8,9 @@ component receives its own sub-model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,6 +46,15 @@ class BrokerSettings(_Section):
     client_id: str | None = None  # default: fleetlink-ingest-<hostname>-<pid>
     keepalive_s: Annotated[int, Field(ge=5)] = 30
     session_expiry_s: Annotated[int, Field(ge=0)] = 3600
+    # Credential rotation (docs/provisioning.md): the external Mosquitto's password_file, which
+    # this service rewrites once a device has acked its new password, and how the broker is
+    # made to read it again: a command (["systemctl", "reload", "mosquitto"]) or SIGHUP to the
+    # pid in reload_pid_file (Mosquitto's pid_file). Unset: rotations update the registry only.
+    passwd_file: Path | None = None
+    reload_command: Annotated[list[str], Field(min_length=1)] | None = None
+    reload_pid_file: Path | None = None
+    # After the reload, before the device is told to reconnect: the broker reads the file then.
+    reload_settle_s: Annotated[float, Field(ge=0, le=60)] = 1.0
 
     @field_validator("topic_prefix")
     @classmethod
@@ -53,6 +62,21 @@ class BrokerSettings(_Section):
         if not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
             raise ValueError("topic_prefix must be plain MQTT topic levels without wildcards")
         return v
+
+    @model_validator(mode="after")
+    def _rotation(self) -> Self:
+        reloads = (self.reload_command is not None) + (self.reload_pid_file is not None)
+        if self.passwd_file is None:
+            if reloads:
+                raise ValueError("reload_command and reload_pid_file go with passwd_file")
+            return self
+        if self.embedded:
+            raise ValueError("passwd_file belongs to an external Mosquitto: set embedded = false")
+        if reloads != 1:
+            raise ValueError("passwd_file needs exactly one of reload_command, reload_pid_file")
+        if self.reload_command is not None and not self.reload_command[0]:
+            raise ValueError("reload_command: the program first, then its arguments")
+        return self
 
 
 class DatabaseSettings(_Section):

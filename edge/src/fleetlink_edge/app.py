@@ -28,10 +28,13 @@ from fleetlink_edge import __version__
 from fleetlink_edge.backoff import Backoff
 from fleetlink_edge.capture import Capture
 from fleetlink_edge.commands import AckQueue, CommandHandler, DtcReader
-from fleetlink_edge.config import EdgeSettings
+from fleetlink_edge.config import CanSettings, EdgeSettings
 from fleetlink_edge.config_report import ConfigReporter
+from fleetlink_edge.credentials import CredentialFile, credentials_file
+from fleetlink_edge.driver_socket import DriverSocket, DriverSocketError, socket_path
 from fleetlink_edge.errors import ConfigError
 from fleetlink_edge.health import Heartbeats, SystemdNotifier, collect_counters
+from fleetlink_edge.jobs import JobBoard, jobs_file
 from fleetlink_edge.outbox import Outbox
 from fleetlink_edge.remote_config import (
     REMOTE_KEYS,
@@ -117,6 +120,10 @@ class Agent:
         self._health_interval_s = settings.health.interval_s
         self._health_changed = asyncio.Event()
         self._read_dtcs: DtcReader | None = None  # the OBD poller's, once it exists
+        self._jobs: JobBoard | None = None  # once it exists, unless jobs.enabled is off
+        # The CAN decoder's and OBD poller's ways to take can.* remote keys, once they exist.
+        self._can_live: dict[str, Callable[[CanSettings], None]] = {}
+        self.remote_config: RemoteConfig | None = None  # while running, unless commands are off
 
     def counters(self) -> dict[str, int]:
         """Every component's counters, flattened as ``component.name``."""
@@ -151,6 +158,7 @@ class Agent:
             start = await self._start(stack)
             s = self.settings
             outbox = await stack.enter_async_context(Outbox(s.outbox, boot_id=self.boot_id))
+            await self._job_board(stack, outbox)
             sampler = Sampler(s.sampling)
             capture = Capture(
                 sampler,
@@ -158,7 +166,10 @@ class Agent:
                 now_wall_ns=self._now,
                 on_commit=lambda: self._heartbeats.beat("capture", time.monotonic_ns()),
             )
-            uplink = self._uplink(outbox)
+            credentials = CredentialFile(credentials_file(s), s.uplink.password)
+            await credentials.load()  # before the first connect: it offers what was rotated
+            uplink = self._uplink(outbox, credentials)
+            self._count("credentials", lambda: credentials.counters)
             self._count("outbox", lambda: dict(outbox.counters))
             self._count("sampler", lambda: sampler.counters)
             self._count("capture", lambda: capture.counters)
@@ -191,7 +202,7 @@ class Agent:
             if failure is not None:
                 raise failure
 
-    def _uplink(self, outbox: Outbox) -> Uplink:
+    def _uplink(self, outbox: Outbox, credentials: CredentialFile) -> Uplink:
         s = self.settings
         birth = Birth(
             device_id=s.device.id,
@@ -202,7 +213,9 @@ class Agent:
         )
         topics = Topics(s.uplink.topic_prefix, s.device.id)
         subscribe = [topics.downlink_filter] if s.commands.enabled else []
-        return Uplink(s.uplink, s.device.id, outbox, birth, subscribe=subscribe)
+        return Uplink(
+            s.uplink, s.device.id, outbox, birth, subscribe=subscribe, credentials=credentials
+        )
 
     def _live_setters(self, sampler: Sampler, outbox: Outbox) -> dict[str, LiveSetter]:
         """How the running agent takes each live remote key (``REMOTE_KEYS``)."""
@@ -219,7 +232,17 @@ class Agent:
         async def budget(s: EdgeSettings) -> None:
             await outbox.set_budget(s.outbox.max_bytes)
 
-        by_section = {"sampling": sampling, "health": health, "log": log_level, "outbox": budget}
+        async def can_lists(s: EdgeSettings) -> None:
+            for take in self._can_live.values():  # none with CAN off: nothing to change
+                take(s.can)
+
+        by_section = {
+            "sampling": sampling,
+            "health": health,
+            "log": log_level,
+            "outbox": budget,
+            "can": can_lists,
+        }
         return {
             key: by_section[key.partition(".")[0]]
             for key, how in REMOTE_KEYS.items()
@@ -252,6 +275,10 @@ class Agent:
             uptime_s=lambda: time.monotonic() - started_s,
             read_dtcs=self._read_dtcs,
             config=config,
+            # Without a user name there is no password to rotate (the broker allows anonymous).
+            credentials=uplink.credentials if s.uplink.username is not None else None,
+            reconnect=uplink.reconnect,
+            jobs=self._jobs,
         )
         self._count("commands", lambda: handler.counters)
         self._count("acks", lambda: acks.counters)
@@ -280,7 +307,25 @@ class Agent:
         local = self._local
         config = RemoteConfig(local, start, config_file(local), live=live, report=reporter.offer)
         config.report()  # what this start runs: the cloud learns a restart applied the pending
+        self.remote_config = config
         return config, reporter
+
+    async def _job_board(self, stack: contextlib.AsyncExitStack, outbox: Outbox) -> None:
+        """The job board (answers go to ``outbox``) and the driver's socket, unless jobs are off.
+        A socket that cannot be served is logged, and telemetry goes on without it."""
+        s = self.settings
+        if not s.jobs.enabled:
+            return
+        board = JobBoard(s.jobs, jobs_file(s), outbox, now_wall_ns=self._now)
+        await board.load()
+        self._jobs = board
+        self._count("jobs", lambda: board.counters)
+        try:
+            driver = await stack.enter_async_context(DriverSocket(board, socket_path(s)))
+        except DriverSocketError as exc:
+            log.error("no driver interface: %s", exc)
+            return
+        self._count("driver", lambda: driver.counters)
 
     async def _producers(
         self, stack: contextlib.AsyncExitStack, capture: Capture
@@ -299,6 +344,7 @@ class Agent:
             port = await stack.enter_async_context(CanPort(s.can, bus=self._can_bus))  # type: ignore[arg-type]
             self._count("can", lambda: port.counters)
             decoder = CanDecoder.from_settings(s.can)
+            self._can_live["decoder"] = lambda c: decoder.select(c.signals)
             if decoder.j1939 is not None or decoder.dbc:
                 self._count("can_decode", lambda: decoder.counters)
                 producers["can"] = _pump_frames(port, decoder, capture, s.can.queue_size)
@@ -306,6 +352,7 @@ class Agent:
                 poller = ObdPoller(port, s.can.obd)
                 self._count("obd", lambda: poller.counters)
                 self._read_dtcs = poller.request_dtc_read
+                self._can_live["obd"] = lambda c: poller.reconfigure(c.obd)
                 producers["obd"] = _pump(poller.records(), capture)
         return producers
 

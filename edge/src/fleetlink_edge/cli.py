@@ -156,6 +156,142 @@ def _add_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     doc.set_defaults(func=_cmd_doctor)
 
 
+# -- jobs: the driver's interface to the running agent -----------------------------------------
+
+DEFAULT_CONFIG = Path("/etc/fleetlink/agent.toml")  # where systemd/fleetlink-edge.service reads it
+JOBS_EXIT = {"ok": 0, "refused": 1, "usage": 2, "unavailable": 3}
+
+
+def _jobs_request(args: argparse.Namespace) -> dict[str, Any]:
+    action: str = args.jobs_action or "list"
+    if action == "list":
+        return {"op": "list"}
+    if action == "show":
+        return {"op": "show", "job_id": args.job_id}
+    request: dict[str, Any] = {"op": "answer", "job_id": args.job_id, "answer": action}
+    if getattr(args, "reason", None) is not None:
+        request["reason"] = args.reason
+    if action == "delayed":
+        request["delay_s"] = round(args.minutes * 60)
+    return request
+
+
+def _jobs_socket(args: argparse.Namespace) -> Path | None:
+    """``--socket``, else the one the agent's configuration names (``--config`` or the default)."""
+    if args.socket is not None:
+        return Path(args.socket)
+    from fleetlink_edge.driver_socket import socket_path
+
+    config = args.config
+    if config is None and DEFAULT_CONFIG.is_file():
+        config = DEFAULT_CONFIG
+    try:
+        settings = load_settings(config)
+    except (ConfigError, OSError) as exc:
+        print(f"fleetlink-edge: {exc} (or give --socket)", file=sys.stderr)
+        return None
+    return socket_path(settings)
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from fleetlink_edge.driver_socket import DriverUnavailable, request
+
+    if getattr(args, "minutes", 1.0) <= 0:
+        print("fleetlink-edge: --minutes must be positive", file=sys.stderr)
+        return JOBS_EXIT["usage"]
+    path = _jobs_socket(args)
+    if path is None:
+        return JOBS_EXIT["usage"]
+    try:
+        response = asyncio.run(request(path, _jobs_request(args)))
+    except DriverUnavailable as exc:
+        print(f"fleetlink-edge: {exc}", file=sys.stderr)
+        return JOBS_EXIT["unavailable"]
+    if args.json:
+        print(json.dumps(response, indent=2))
+    elif not response.get("ok"):
+        print(f"fleetlink-edge: {response.get('message', response)}", file=sys.stderr)
+    elif "jobs" in response:
+        print("\n".join(_job_line(j) for j in response["jobs"]) or "no jobs")
+    elif "event" in response:
+        job, answer = response["job"], response["event"]["data"]["answer"]
+        print(f"job {job['job_id']}: {answer} recorded; the job is {job['state']}")
+    else:
+        print("\n".join(_job_text(response["job"])))
+    return JOBS_EXIT["ok" if response.get("ok") else "refused"]
+
+
+def _when(unix_s: int) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(unix_s).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    late = " (late)" if job["late"] else ""
+    return (
+        f"{job['job_id']:<24} {job['state']:<10} {job['kind']:<9}"
+        f" respond by {_when(job['respond_by'])}{late}"
+    )
+
+
+def _job_text(job: dict[str, Any]) -> list[str]:
+    reason = f": {job['reason']}" if job["reason"] else ""
+    lines = [
+        f"job {job['job_id']} (version {job['version']}): {job['kind']}, {job['state']}{reason}",
+        f"respond by {_when(job['respond_by'])}" + (" (late)" if job["late"] else ""),
+    ]
+    if job["customer_ref"]:
+        lines.append(f"customer ref {job['customer_ref']}")
+    if job["eta"] is not None:
+        lines.append(f"expected arrival {_when(job['eta'])}")
+    if job["delay_s"]:
+        lines.append(f"announced delay {job['delay_s'] / 60:g} min")
+    if job["note"]:
+        lines.append(f"note: {job['note']}")
+    for n, stop in enumerate(job["stops"], 1):
+        windows = ", ".join(f"{_when(a)} to {_when(b)[-5:]}" for a, b in stop["windows"])
+        arrived = " (arrived)" if n <= job["stops_arrived"] else ""
+        lines.append(
+            f"stop {n} {stop['kind']}{arrived}: {stop['lat']:.5f}, {stop['lon']:.5f};"
+            f" {windows or 'any time'}; service {stop['service_s'] / 60:g} min"
+        )
+        lines += [f"  {k}: {stop[k]}" for k in ("address", "note") if stop.get(k)]
+    return lines
+
+
+def _add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def options(p: argparse.ArgumentParser, default: Any) -> None:
+        # Accepted before and after the action; SUPPRESS keeps an action's parser from
+        # overwriting what was given before it.
+        json_default = False if default is None else default
+        p.add_argument("--json", action="store_true", default=json_default, help="print JSON")
+        p.add_argument("--socket", default=default, help="the agent's driver socket")
+        p.add_argument("--config", type=Path, default=default, help="agent TOML naming it")
+
+    jobs = sub.add_parser("jobs", help="the driver's job offers: list, show and answer them")
+    options(jobs, None)
+    jobs.set_defaults(func=_cmd_jobs)
+    actions = jobs.add_subparsers(dest="jobs_action", metavar="ACTION")
+    for name, text in (
+        ("list", "the jobs on the board (the default)"),
+        ("show", "one job with its stops"),
+        ("accept", "take the offered job"),
+        ("reject", "decline the job (offered or accepted), with a reason"),
+        ("arrived", "arrived at the job's next stop"),
+        ("completed", "finished the job (after arriving at its last stop)"),
+        ("delayed", "announce a delay, with a reason"),
+    ):
+        p = actions.add_parser(name, help=text)
+        options(p, argparse.SUPPRESS)
+        if name != "list":
+            p.add_argument("job_id", metavar="ID")
+        if name in ("reject", "delayed"):
+            p.add_argument("--reason", required=True)
+        if name == "delayed":
+            p.add_argument("--minutes", type=float, required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetlink-edge", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -184,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_cmd_simulate)
 
     _add_doctor(sub)
+    _add_jobs(sub)
 
     decode = sub.add_parser("decode", help="decode a capture file and print JSON lines")
     dsub = decode.add_subparsers(dest="what", required=True)

@@ -4,7 +4,10 @@
 acts on a command id once, and answers on ``{prefix}/{device}/ack``: ``accepted``, then ``done``
 or ``failed``; or ``rejected`` (not attempted) for an unknown name, bad arguments or a past
 expiry. It hands the desired configuration of ``dn/config`` to ``RemoteConfig``, which
-``set_config`` uses too. Nothing a broker delivers makes it raise. ``AckQueue`` holds the acks,
+``set_config`` uses too; ``rotate_credentials`` keeps a new broker password with
+``credentials.CredentialFile`` and ``reconnect`` asks the uplink for a new connection; the job
+commands (``offer_job``, ``withdraw_job``, ``update_job``) go to ``jobs.JobBoard``. Nothing a
+broker delivers makes it raise. ``AckQueue`` holds the acks,
 bounded, until the link is up. docs/protocol.md ("How the agent handles commands") has the
 commands and rules.
 """
@@ -21,7 +24,9 @@ from typing import Any, Protocol
 
 from fleetlink_edge.backoff import Backoff
 from fleetlink_edge.config import CommandSettings
+from fleetlink_edge.credentials import check_password
 from fleetlink_edge.errors import EdgeError, PublishRejected, UplinkError
+from fleetlink_edge.offers import JobError, JobRefused
 from fleetlink_edge.remote_config import ConfigRefused, RemoteConfig, clip
 from fleetlink_protocols.errors import ProtocolError
 from fleetlink_protocols.messages import (
@@ -52,6 +57,23 @@ HANDLER_COUNTERS = (
 
 DtcReader = Callable[[], Awaitable[Mapping[int, AbstractSet[str]]]]
 """Reads stored DTCs now: ECU response id -> codes; empty when no ECU answered."""
+Reconnect = Callable[[float], Awaitable[str]]
+"""``Uplink.reconnect``: connect again within the timeout (s); says what the connection uses."""
+# How long ``reconnect`` waits for the new connection: settling batches in flight, a refused
+# CONNECT per rotated password and the one that works, each bounded by uplink.connect_timeout_s.
+RECONNECT_TIMEOUT_S = 60.0
+
+
+class CredentialKeeper(Protocol):
+    """What ``rotate_credentials`` needs of ``credentials.CredentialFile``."""
+
+    async def rotate(self, password: str) -> None: ...
+
+
+class JobDesk(Protocol):
+    """What the job commands need of ``jobs.JobBoard``."""
+
+    def prepare(self, name: str, args: Mapping[str, Any]) -> Callable[[], Awaitable[str]]: ...
 
 
 class Incoming(Protocol):
@@ -84,8 +106,9 @@ class CommandHandler:
     """Executes the device's commands, one at a time. Built by the composition root.
 
     ``read_dtcs`` is None without OBD; ``config`` None leaves ``dn/config`` alone and
-    rejects ``set_config``. Clocks are injected (device wall clock for expiry and ack times,
-    agent uptime for ``ping``).
+    rejects ``set_config``; ``credentials`` None (no user name) rejects ``rotate_credentials``,
+    ``reconnect`` None rejects ``reconnect``. Clocks are injected (device wall clock for expiry
+    and ack times, agent uptime for ``ping``).
     """
 
     def __init__(
@@ -99,6 +122,9 @@ class CommandHandler:
         uptime_s: Callable[[], float],
         read_dtcs: DtcReader | None = None,
         config: RemoteConfig | None = None,
+        credentials: CredentialKeeper | None = None,
+        reconnect: Reconnect | None = None,
+        jobs: JobDesk | None = None,
     ) -> None:
         self._settings = settings
         self._topics = topics
@@ -108,11 +134,19 @@ class CommandHandler:
         self._uptime_s = uptime_s
         self._read_dtcs = read_dtcs
         self._config = config
+        self._credentials = credentials
+        self._reconnect = reconnect
+        self._jobs = jobs
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._commands: dict[str, Callable[[Command], Job]] = {
             "ping": self._ping,
             "read_dtcs": self._read_dtcs_job,
             "set_config": self._set_config,
+            "rotate_credentials": self._rotate_credentials,
+            "reconnect": self._reconnect_job,
+            "offer_job": self._job_command,
+            "withdraw_job": self._job_command,
+            "update_job": self._job_command,
         }
         self.counters: dict[str, int] = dict.fromkeys(HANDLER_COUNTERS, 0)
 
@@ -262,6 +296,41 @@ class CommandHandler:
 
         return set_config
 
+    def _rotate_credentials(self, command: Command) -> Job:
+        if set(command.args) != {"password"}:
+            raise Refused("rotate_credentials takes one argument, password")
+        try:
+            password = check_password(command.args["password"])
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        keeper = self._credentials
+        if keeper is None:
+            raise Refused("this agent connects without a user name: no password to rotate")
+
+        async def rotate() -> Outcome:
+            try:
+                await keeper.rotate(password)
+            except EdgeError as exc:
+                return Outcome(AckStatus.FAILED, str(exc))
+            # done only once it is on disk: the cloud then replaces the password in the broker
+            return Outcome(AckStatus.DONE, "new credential kept; offered first from now on")
+
+        return rotate
+
+    def _reconnect_job(self, command: Command) -> Job:
+        self._no_args(command)
+        reconnect = self._reconnect
+        if reconnect is None:
+            raise Refused("this agent has no uplink to reconnect")
+
+        async def reconnect_now() -> Outcome:
+            try:
+                return Outcome(AckStatus.DONE, await reconnect(RECONNECT_TIMEOUT_S))
+            except UplinkError as exc:
+                return Outcome(AckStatus.FAILED, str(exc))
+
+        return reconnect_now
+
     @staticmethod
     def _config_args(args: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
         """The ``values`` and ``version`` of a set_config; raises Refused when malformed."""
@@ -274,6 +343,24 @@ class CommandHandler:
         if version is not None and (type(version) is not int or version < 0):
             raise Refused(f"version must be an unsigned integer, not {version!r}")
         return values, version
+
+    def _job_command(self, command: Command) -> Job:
+        """offer_job, withdraw_job, update_job: done once the job board has kept the change."""
+        jobs = self._jobs
+        if jobs is None:
+            raise Refused("job offers are off on this agent (jobs.enabled)")
+        try:
+            work = jobs.prepare(command.name, command.args)
+        except JobRefused as exc:
+            raise Refused(str(exc)) from None
+
+        async def job_command() -> Outcome:
+            try:
+                return Outcome(AckStatus.DONE, await work())
+            except JobError as exc:
+                return Outcome(AckStatus.FAILED, str(exc))
+
+        return job_command
 
 
 def describe_dtcs(reading: Mapping[int, AbstractSet[str]]) -> str:

@@ -23,6 +23,9 @@ from pydantic_settings import (
 from fleetlink_edge.errors import ConfigError
 
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+# Bounds on the signal lists: a poll cycle asks each PID in turn, so a long list slows them all.
+MAX_OBD_PIDS = 64
+MAX_CAN_SIGNALS = 256
 
 
 class _Section(BaseModel):
@@ -61,8 +64,9 @@ class ObdSettings(_Section):
     enabled: bool = False
     request_id: Annotated[int, Field(ge=0, le=0x7FF)] = 0x7DF  # J1979 functional address
     poll_interval_s: Annotated[float, Field(gt=0)] = 1.0
-    # J1979 mode 01 PIDs to poll; unsupported ones are dropped after discovery.
-    pids: list[Annotated[int, Field(ge=0, le=0xFF)]] = [
+    # J1979 mode 01 PIDs to poll; unsupported ones are dropped after discovery. Remote
+    # configuration may change the list while running (signal_lists has its rules).
+    pids: Annotated[list[Annotated[int, Field(ge=0, le=0xFF)]], Field(max_length=MAX_OBD_PIDS)] = [
         0x04,
         0x05,
         0x0C,
@@ -130,6 +134,9 @@ class CanSettings(_Section):
     obd: ObdSettings = ObdSettings()
     j1939: J1939Settings = J1939Settings()
     dbc: list[DbcSettings] = []
+    # Catalog paths kept from the J1939 and DBC decoders (DTCs always pass); unset keeps every
+    # signal they decode. Remote configuration may change it while running.
+    signals: Annotated[list[str], Field(min_length=1, max_length=MAX_CAN_SIGNALS)] | None = None
 
 
 class SamplingSettings(_Section):
@@ -214,6 +221,21 @@ class CommandSettings(_Section):
     read_dtcs_timeout_s: Annotated[float, Field(gt=0)] = 10.0
 
 
+class JobSettings(_Section):
+    """Job offers on the device (``offer_job`` commands) and the driver's local interface."""
+
+    enabled: bool = True
+    # The kept board (JSON); unset: beside the outbox (outbox.jobs.json).
+    path: Path | None = None
+    # The driver interface's Unix socket (mode 0660); unset: beside the outbox
+    # (outbox.driver.sock). At most 107 bytes long (sun_path).
+    socket: Path | None = None
+    # Jobs on the board at once; beyond, the oldest finished go, else a new offer fails.
+    max_jobs: Annotated[int, Field(gt=0, le=1000)] = 32
+    # Finished jobs, and offers unanswered past respond_by, leave the board after this long.
+    keep_finished_s: Annotated[float, Field(gt=0)] = 12 * 3600.0
+
+
 class EdgeSettings(BaseSettings):
     """Everything the agent reads at start; see firmware-config/agent.toml for an example."""
 
@@ -234,6 +256,7 @@ class EdgeSettings(BaseSettings):
     uplink: UplinkSettings = UplinkSettings()
     health: HealthSettings = HealthSettings()
     commands: CommandSettings = CommandSettings()
+    jobs: JobSettings = JobSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -58,6 +58,8 @@ NO_MATCHING_SUBSCRIBERS = 0x10
 REFUSED_CODES = {0x85, 0x86, 0x87, 0x8A, 0x8C}
 # Mosquitto answers a wrong password with 0x87 "Not authorized", so both read as credentials.
 REFUSED_NAMES = {0x85: "client id", 0x86: "credentials", 0x87: "credentials", 0x8A: "device"}
+# The refusals another password may cure (CredentialsRefused): the agent then offers the next.
+CREDENTIAL_CODES = frozenset({0x86, 0x87})
 # "Unsupported protocol version" (MQTT 5 §3.2.2.2); paho also reports a 3.1.1 broker's CONNACK
 # return code 1 (MQTT 3.1.1 §3.2.2.3) as this.
 UNSUPPORTED_PROTOCOL = 0x84
@@ -152,6 +154,7 @@ class MqttClient:
         self._tls = build_tls_context(settings.tls) if settings.tls is not None else None
         # An explicit refusal of MQTT 5 is remembered: the broker will not learn it overnight.
         self._protocol_hint: Protocol = "3.1.1" if settings.protocol == "3.1.1" else "5"
+        self._password = settings.password
         self._link: _Link | None = None
         self._incoming: asyncio.Queue[Message] = asyncio.Queue(settings.incoming_queue_size)
         self.connected = asyncio.Event()
@@ -167,8 +170,10 @@ class MqttClient:
     def is_connected(self) -> bool:
         return self.connected.is_set()
 
-    async def connect(self) -> ConnectInfo:
-        """Connect and wait for the CONNACK; raises BrokerRefused or UplinkError."""
+    async def connect(self, *, password: str | None = None) -> ConnectInfo:
+        """Connect and wait for the CONNACK; raises CredentialsRefused, BrokerRefused or
+        UplinkError. ``password`` replaces ``uplink.password`` for this connection."""
+        self._password = self._settings.password if password is None else password
         if self._link is not None:
             await self._drop_link(self._link)
         try:
@@ -252,7 +257,8 @@ class MqttClient:
         if code in REFUSED_CODES:
             what = REFUSED_NAMES.get(code, "connection")
             user = self._settings.username or "<none>"
-            return BrokerRefused(f"broker refused {what} for user {user}: {text}")
+            kind = CredentialsRefused if code in CREDENTIAL_CODES else BrokerRefused
+            return kind(f"broker refused {what} for user {user}: {text}")
         return UplinkError(f"broker {self._where} refused the connection: {text}")
 
     def _new_paho(self, protocol: Protocol) -> paho.Client:
@@ -270,7 +276,7 @@ class MqttClient:
         client.connect_timeout = s.connect_timeout_s
         client.enable_logger(_paho_log)
         if s.username is not None:
-            client.username_pw_set(s.username, s.password)
+            client.username_pw_set(s.username, self._password)
         if self._tls is not None:
             client.tls_set_context(self._tls)
         if self._will is not None:
@@ -452,6 +458,11 @@ class MqttClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.disconnect()
+
+
+class CredentialsRefused(BrokerRefused):
+    """The broker refused the user name and password (CONNACK 0x86/0x87; MQTT 3.1.1 return
+    codes 4 and 5): another password may do."""
 
 
 class _Mqtt5RefusedError(UplinkError):

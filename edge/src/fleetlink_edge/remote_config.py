@@ -1,7 +1,8 @@
 """Remote configuration on the device: check the desired document, apply it, keep it, report it.
 
 The cloud publishes a desired document retained on ``{prefix}/{device}/dn/config``: a partial
-settings document (``{section: {key: value}}``) and a version. ``RemoteConfig`` checks it with
+settings document (``{section: {key: value}}``, nested where settings are:
+``{"can": {"obd": {"pids": [12, 13]}}}``) and a version. ``RemoteConfig`` checks it with
 the agent's own settings model, merged over the local settings (TOML file and environment), so
 a key left out takes its local value again. Of ``REMOTE_KEYS`` it applies at once what the
 running agent can change (``live``) and keeps the rest for the next start (``restart``); any
@@ -22,16 +23,18 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel
 
 from fleetlink_edge.config import EdgeSettings, with_changes
 from fleetlink_edge.errors import ConfigError
+from fleetlink_edge.signal_lists import RULES
 from fleetlink_protocols.limits import MAX_TEXT_LEN
 from fleetlink_protocols.messages import ConfigDocument, ReportedConfig
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 Apply = Literal["live", "restart"]
 # What a desired document may set, and when the agent applies it. Live keys need a setter from
@@ -44,6 +47,9 @@ REMOTE_KEYS: Final[Mapping[str, Apply]] = {
     "health.interval_s": "live",
     "log.level": "live",
     "outbox.max_bytes": "live",
+    "can.obd.pids": "live",
+    "can.obd.poll_interval_s": "live",
+    "can.signals": "live",
     "uplink.batch_max_records": "restart",
     "uplink.batch_max_delay_s": "restart",
     "uplink.max_inflight_batches": "restart",
@@ -73,28 +79,55 @@ def config_file(settings: EdgeSettings) -> Path:
 
 
 def value_of(settings: EdgeSettings, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(settings, section), name)
+    """The value of a dotted key (``sampling.signal_interval_s``, ``can.obd.pids``)."""
+    value: Any = settings
+    for name in key.split("."):
+        value = getattr(value, name)
+    return value
 
 
 def effective(local: EdgeSettings, document: Mapping[str, Any]) -> EdgeSettings:
-    """``local`` with ``document`` merged in; raises ConfigError naming every key it refuses."""
-    problems = []
+    """``local`` with ``document`` merged in; raises ConfigError naming every key it refuses:
+    keys outside REMOTE_KEYS, values the settings model refuses, then lists that break the
+    rules of ``signal_lists`` (checked only for the keys the document sets)."""
+    problems: list[str] = []
+    named: list[str] = []
     for section, keys in document.items():
         model = getattr(local, section, None) if section in EdgeSettings.model_fields else None
         if not isinstance(model, BaseModel):
             problems.append(f"{section}: no such settings section")
-        elif not isinstance(keys, Mapping):
-            problems.append(f"{section}: must be a map of settings")
         else:
-            for key in keys:
-                if key not in type(model).model_fields:
-                    problems.append(f"{section}.{key}: no such setting")
-                elif f"{section}.{key}" not in REMOTE_KEYS:
-                    problems.append(f"{section}.{key}: cannot be set remotely")
+            _check_keys(model, section, keys, problems, named)
     if problems:
         raise ConfigError("; ".join(problems))
-    return with_changes(local, document)
+    settings = with_changes(local, document)
+    problems = [p for key in named if key in RULES for p in RULES[key](settings)]
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return settings
+
+
+def _check_keys(
+    model: BaseModel, prefix: str, keys: object, problems: list[str], named: list[str]
+) -> None:
+    """Check the keys a document sets in ``model`` (at ``prefix``) against REMOTE_KEYS; append
+    what is wrong to ``problems`` and the remote keys it sets to ``named``."""
+    if not isinstance(keys, Mapping):
+        problems.append(f"{prefix}: must be a map of settings")
+        return
+    fields = type(model).model_fields
+    for key, value in keys.items():
+        name = f"{prefix}.{key}"
+        if key not in fields:
+            problems.append(f"{name}: no such setting")
+        elif name in REMOTE_KEYS:
+            named.append(name)
+        elif isinstance(inner := getattr(model, key), BaseModel) and any(
+            k.startswith(f"{name}.") for k in REMOTE_KEYS
+        ):
+            _check_keys(inner, name, value, problems, named)
+        else:
+            problems.append(f"{name}: cannot be set remotely")
 
 
 def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -347,9 +380,13 @@ class RemoteConfig:
 
 def _with_keys(base: EdgeSettings, source: EdgeSettings, keys: list[str]) -> EdgeSettings:
     """``base`` with the values of ``keys`` taken from ``source``."""
-    updates: dict[str, dict[str, Any]] = {}
     for key in keys:
-        section, name = key.split(".")
-        updates.setdefault(section, {})[name] = value_of(source, key)
-    sections = {s: getattr(base, s).model_copy(update=u) for s, u in updates.items()}
-    return base.model_copy(update=sections)
+        base = _replaced(base, key.split("."), value_of(source, key))
+    return base
+
+
+def _replaced(model: M, names: list[str], value: Any) -> M:
+    """A copy of ``model`` with the setting at ``names`` (outermost first) set to ``value``."""
+    name, *inner = names
+    new = _replaced(getattr(model, name), inner, value) if inner else value
+    return model.model_copy(update={name: new})

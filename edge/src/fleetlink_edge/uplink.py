@@ -5,7 +5,10 @@ the live boundary in the outbox and then keeps up to ``max_inflight_batches`` ba
 always serving the LIVE lane first, then EVENTS, then the HISTORY backlog (oldest first). A
 record is acked (deleted) only after the PUBACK of the message that carried it; when the link
 drops, in-flight records are released and sent again on the next connection (the cloud dedupes
-by device, boot and seq). Connection failures back off with jitter.
+by device, boot and seq). Connection failures back off with jitter. Each connect offers the
+kept credentials newest first (``credentials.CredentialFile``): a rotated password the broker
+refuses costs one CONNECT, then the one that works is offered. ``reconnect()`` ends a session
+on request (batches in flight finish first) and connects again at once.
 
 A PUBACK is not proof that anyone will get the message: an MQTT 5 broker that had no subscriber
 for it says "No matching subscribers" (0x10) and drops it. Such a batch is released, not acked,
@@ -16,6 +19,7 @@ the cloud's subscription is there again (a broker restart, before ingest has rec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -23,8 +27,9 @@ from dataclasses import dataclass
 
 from fleetlink_edge.backoff import Backoff
 from fleetlink_edge.config import UplinkSettings
+from fleetlink_edge.credentials import Attempt, CredentialFile, Kept, describe_connection
 from fleetlink_edge.errors import BrokerRefused, NotDelivered, PublishRejected, UplinkError
-from fleetlink_edge.mqtt import Message, MqttClient
+from fleetlink_edge.mqtt import CredentialsRefused, Message, MqttClient
 from fleetlink_edge.outbox import Lane, Outbox, Stored
 from fleetlink_protocols.codec import Batch, encode_batch
 from fleetlink_protocols.errors import PayloadTooLarge, ProtocolError
@@ -59,6 +64,8 @@ class UplinkCounters:
     not_delivered: int = 0  # batches the broker had no subscriber for: released, sent again
     records_unsendable: int = 0  # the codec refused them even alone: dropped, logged
     backoff_s: float = 0.0  # the last reconnect delay chosen
+    credentials_refused: int = 0  # a rotated or kept password refused, an older one offered
+    reconnects_asked: int = 0  # reconnect() calls (the reconnect command)
 
 
 def split_to_fit(
@@ -117,8 +124,11 @@ class Uplink:
         *,
         subscribe: Sequence[str] = (),
         random_source: Callable[[], float] = random.random,
+        credentials: CredentialFile | None = None,
     ) -> None:
-        """``subscribe``: downlink topic filters, read from ``client.messages()`` (QoS 1)."""
+        """``subscribe``: downlink topic filters, read from ``client.messages()`` (QoS 1).
+        ``credentials``: the passwords to offer on each connect (default: ``settings.password``).
+        """
         if birth.device_id != device_id:
             raise ValueError(f"birth is for {birth.device_id!r}, not {device_id!r}")
         self._settings = settings
@@ -141,6 +151,10 @@ class Uplink:
         self._timer = LaneTimer(settings.batch_max_delay_s)
         self._batch_max = min(settings.batch_max_records, MAX_BATCH_ENTRIES)
         self._inflight: dict[asyncio.Task[None], Lane] = {}
+        self.credentials = credentials
+        self._restart = asyncio.Event()  # reconnect() was called
+        self._asked = False  # the session ended because of it: connect again without a pause
+        self._waiters: set[asyncio.Future[str]] = set()
         self.counters = UplinkCounters()
 
     async def run(self) -> None:
@@ -150,10 +164,13 @@ class Uplink:
                 healthy = await self._session()
                 if healthy:
                     self._backoff.reset()
+                if self._asked:
+                    self._asked = False
+                    continue
                 delay = self._backoff.next_delay_s()
                 self.counters.backoff_s = delay
                 log.info("reconnecting to the broker in %.1f s", delay)
-                await asyncio.sleep(delay)
+                await self._nap(delay)
         except BaseException:  # cancelled, or the outbox failed: leave the broker cleanly
             await self._shutdown()
             raise
@@ -161,7 +178,7 @@ class Uplink:
     async def _session(self) -> bool:
         """One connection's life; returns whether it worked well enough to reset the backoff."""
         try:
-            await self.client.connect()
+            attempt = await self._connect()
             # On every connect, not only when the broker has no session: a session kept from
             # before an upgrade may lack a filter this version reads. A repeat SUBSCRIBE is
             # harmless (MQTT 5 §3.8.4: it replaces the subscription, queued messages stay).
@@ -176,6 +193,7 @@ class Uplink:
             log.warning("cannot reach the broker: %s", exc)
             return False
         self.counters.connects += 1
+        await self._connected(attempt)
         healthy = False
         # CancelledError goes straight through: run() drains, says goodbye and disconnects.
         try:
@@ -194,6 +212,57 @@ class Uplink:
         await self.client.disconnect()
         return healthy
 
+    async def _connect(self) -> Attempt:
+        """Connect with the first password the broker takes, rotated ones first; raises what
+        ``MqttClient.connect`` raises for the last one."""
+        offered = self.credentials
+        attempts = offered.attempts() if offered is not None else [Attempt(None, "configured")]
+        for attempt in attempts[:-1]:
+            try:
+                await self.client.connect(password=attempt.password)
+            except CredentialsRefused as exc:
+                self.counters.credentials_refused += 1
+                log.warning("%s (the %s credential); offering an older one", exc, attempt.source)
+                continue
+            return attempt
+        await self.client.connect(password=attempts[-1].password)
+        return attempts[-1]
+
+    async def _connected(self, attempt: Attempt) -> None:
+        """Keep what the broker took; answer reconnect() callers waiting for a connection."""
+        kept = Kept()
+        if self.credentials is not None:
+            await self.credentials.connected(attempt)
+            kept = self.credentials.kept
+        self._restart.clear()  # a reconnect asked for before this connection is satisfied
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(describe_connection(attempt, kept))
+
+    async def reconnect(self, timeout_s: float) -> str:
+        """End the session and connect again now, offering the newest credential first (the
+        ``reconnect`` command); returns what the new connection uses. Raises UplinkError when
+        none follows within ``timeout_s``."""
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        self._restart.set()
+        self.counters.reconnects_asked += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await waiter
+        except TimeoutError:
+            raise UplinkError(f"not connected again within {timeout_s:g} s") from None
+        finally:
+            self._waiters.discard(waiter)
+
+    async def _nap(self, delay_s: float) -> None:
+        """The backoff pause, cut short by reconnect(): a reconnect asked for while the broker
+        is unreachable is tried once at once, then the backoff holds again."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                await self._restart.wait()
+        self._restart.clear()
+
     async def _publish_status(self, payload: bytes) -> None:
         spec = TOPIC_SPECS[TopicKind.STATUS]
         try:
@@ -203,23 +272,31 @@ class Uplink:
             raise
 
     async def _pump(self) -> None:
-        """Fill free slots, then wait for a PUBACK, the link to drop, or the poll interval."""
+        """Fill free slots, then wait for a PUBACK, the link to drop, a reconnect() or the poll
+        interval."""
         lost = asyncio.ensure_future(self.client.wait_disconnected())
+        restart = asyncio.ensure_future(self._restart.wait())
         try:
             while True:
                 await self._fill()
                 done, _ = await asyncio.wait(
-                    {lost, *self._inflight},
+                    {lost, restart, *self._inflight},
                     timeout=self._settings.poll_interval_s,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if lost in done:
                     raise lost.result()
+                if restart in done:
+                    log.info("reconnecting now, as asked; batches in flight finish first")
+                    self._restart.clear()
+                    self._asked = True
+                    return
                 for task in [t for t in self._inflight if t.done()]:
                     del self._inflight[task]
                     task.result()  # PublishRejected ends the session
         finally:
             lost.cancel()
+            restart.cancel()
 
     async def _fill(self) -> None:
         now = asyncio.get_running_loop().time()

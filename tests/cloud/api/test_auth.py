@@ -26,6 +26,9 @@ PLACEHOLDERS = {
     "webhook_id": "wh_none",
     "command_id": "cmd-none",
     "token_id": "0123456789ab",
+    "job_id": "job-none",
+    "depot_id": "depot-none",
+    "driver_id": "driver-none",
 }
 
 

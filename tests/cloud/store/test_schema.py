@@ -17,11 +17,13 @@ from fleetlink_cloud.store.sql import TABLES
 from fleetlink_cloud.store.sqlite import sqlite_path
 from tests.cloud.store.records import T0, add
 
+LATEST = 3  # the migrations this release ships; a new one changes this on purpose
+
 
 async def test_fresh_schema_is_at_the_latest_version_and_empty(store: Store) -> None:
-    assert latest_version() == MIGRATIONS[-1][0] == 2
-    assert [n for n, _ in MIGRATIONS] == [1, 2]
-    assert await store.schema_version() == 2
+    assert latest_version() == MIGRATIONS[-1][0] == LATEST
+    assert [n for n, _ in MIGRATIONS] == list(range(1, LATEST + 1))
+    assert await store.schema_version() == LATEST
     stats = await store.stats()
     assert dict(stats.counts) == dict.fromkeys(TABLES, 0)
     assert await store.list_devices() == []
@@ -34,7 +36,7 @@ async def test_opening_again_is_idempotent_and_keeps_data(store_url: str) -> Non
         await first.append_stream_events([])
     for _ in range(2):
         async with open_store(store_url) as again:
-            assert await again.schema_version() == 2
+            assert await again.schema_version() == LATEST
             devices = await again.list_devices()
             assert [(d.id, d.created_wall_ns) for d in devices] == [("veh-1", T0)]
             assert (await again.stats()).counts["devices"] == 1
@@ -49,7 +51,7 @@ async def test_a_version_1_database_is_migrated_to_2_and_keeps_its_data(
             assert await old.schema_version() == 1
             await add(old, "veh-1")
     async with open_store(store_url) as upgraded:
-        assert await upgraded.schema_version() == 2
+        assert await upgraded.schema_version() == LATEST
         assert [d.id for d in await upgraded.list_devices()] == ["veh-1"]
         row = await upgraded.set_desired_config(
             "veh-1", {"health": {"interval_s": 30}}, expected_version=0, set_by="t", set_wall_ns=T0
@@ -61,7 +63,7 @@ async def test_concurrent_first_opens_migrate_once(store_url: str) -> None:
     stores = [open_store(store_url) for _ in range(3)]
     opened = await asyncio.gather(*(s.__aenter__() for s in stores))
     try:
-        assert [await s.schema_version() for s in opened] == [2, 2, 2]
+        assert [await s.schema_version() for s in opened] == [LATEST] * 3
         await add(opened[0], "veh-1")
         assert [d.id for d in await opened[2].list_devices()] == ["veh-1"]
     finally:
@@ -113,7 +115,7 @@ def test_sqlite_url_paths() -> None:
 
 async def test_in_memory_sqlite_works() -> None:
     async with open_store("sqlite:///:memory:") as store:
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == LATEST
         await add(store, "veh-1")
         assert [d.id for d in await store.list_devices()] == ["veh-1"]
 

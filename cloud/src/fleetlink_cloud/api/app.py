@@ -20,15 +20,24 @@ from fleetlink_cloud.api.audit import AuditMiddleware
 from fleetlink_cloud.api.auth import document_scopes
 from fleetlink_cloud.api.bodylimit import BodyLimitMiddleware
 from fleetlink_cloud.api.deps import ApiContext
-from fleetlink_cloud.api.routers import ROUTERS, health
+from fleetlink_cloud.api.routers import (
+    ROUTERS,
+    depots,
+    dispatch_profiles,
+    drivers,
+    health,
+    jobs,
+)
 from fleetlink_cloud.api.schemas import PositionCollection
 from fleetlink_cloud.commands import CommandService
+from fleetlink_cloud.jobs import JobService
 from fleetlink_cloud.store.base import SCOPES
 from fleetlink_cloud.tokens import IMPLIES
 from fleetlink_protocols.limits import MAX_PAYLOAD_BYTES
 
 API_PREFIX: Final = "/v1"
 MAX_BODY_BYTES: Final = MAX_PAYLOAD_BYTES  # a set_config or configuration body is the largest
+DISPATCH_ROUTERS: Final = (jobs.router, depots.router, drivers.router, dispatch_profiles.router)
 # Models only named by ``$ref`` in alternative media types (GeoJSON), added to the components.
 EXTRA_SCHEMAS: Final = (PositionCollection,)
 
@@ -78,12 +87,16 @@ class FleetlinkApi(FastAPI):
         return schema
 
 
-def create_app(ctx: ApiContext, *, commands: CommandService | None = None) -> FastAPI:
+def create_app(
+    ctx: ApiContext, *, commands: CommandService | None = None, jobs: JobService | None = None
+) -> FastAPI:
     """The API app serving ``ctx``.
 
     ``commands`` sends downlink commands and, through its ``configs``, desired configurations;
     without one, the app makes a CommandService that has no MQTT publisher, so new commands and
     configurations wait in the store until a process with a broker link sends them.
+    ``jobs`` writes job state (give it the assigner); without one, the app makes a JobService
+    that assigns nothing.
     """
     app = FleetlinkApi(
         title="fleetlink API",
@@ -96,10 +109,11 @@ def create_app(ctx: ApiContext, *, commands: CommandService | None = None) -> Fa
     app.state.ctx = ctx
     app.state.commands = commands or CommandService(ctx.store, None, clock=ctx.clock)
     app.state.configs = app.state.commands.configs
+    app.state.jobs = jobs or JobService(ctx.store, clock=ctx.clock)
     errors.install(app)
     document_scopes(health.router.routes)
     app.include_router(health.router)
-    for router in ROUTERS:
+    for router in (*ROUTERS, *DISPATCH_ROUTERS):
         document_scopes(router.routes)
         app.include_router(router, prefix=API_PREFIX)
     # Innermost first: the body limit answers inside the audit log's view of the response.

@@ -9,11 +9,19 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationInfo,
+    field_validator,
+)
 
 from fleetlink_cloud.api.schemas import Out
 from fleetlink_cloud.bus import EVENT_TYPES
-from fleetlink_cloud.commands import COMMAND_NAMES
+from fleetlink_cloud.commands import COMMAND_NAMES, public_args
 from fleetlink_cloud.store.base import CommandStatus, DeadLetter, Scope
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
@@ -56,6 +64,12 @@ class CommandOut(Out):
     sent_wall_ns: int | None
     acked_wall_ns: int | None
     detail: str = Field(description="from the latest ack")
+
+    @field_validator("args")
+    @classmethod
+    def _no_secrets(cls, args: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # A rotate_credentials password travels to the device only, never to an API caller.
+        return public_args(str(info.data.get("name", "")), args)
 
 
 class CommandList(Out):

@@ -114,6 +114,7 @@ class Reason(enum.StrEnum):
     LOCKED = "locked"  # a dispatcher locked the job to another vehicle
     FAULT = "fault"  # the vehicle has a critical fault (MIL, red stop lamp, listed DTC)
     NO_VEHICLES = "no_vehicles"  # the fleet has no dispatchable vehicle at all
+    NOT_DISPATCHABLE = "not_dispatchable"  # the profile says never offer it work (workshop)
 
 
 @dataclass(frozen=True, slots=True)

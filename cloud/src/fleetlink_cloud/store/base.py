@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
 from fleetlink_cloud.bus import StreamEvent
+from fleetlink_cloud.dispatch.model import Depot, Driver, Job, JobState, VehicleProfile
 from fleetlink_cloud.errors import StoreError
 from fleetlink_protocols.records import Entry, SignalScalar
 
@@ -420,6 +421,79 @@ class StoreStats:
     counts: Mapping[str, int] = field(default_factory=dict)
 
 
+# -- dispatch ----------------------------------------------------------------------------------
+
+Actor = Literal["system", "dispatcher", "driver", "rule"]
+"""Who caused a job event: the service itself, a dispatcher, a vehicle's driver, a rule."""
+ACTORS: tuple[Actor, ...] = ("system", "dispatcher", "driver", "rule")
+
+JobEventKind = Literal["created", "transition", "locked", "unlocked", "delayed"]
+"""``created`` and ``transition`` change the state; the others record a change beside it."""
+JOB_EVENT_KINDS: tuple[JobEventKind, ...] = (
+    "created",
+    "transition",
+    "locked",
+    "unlocked",
+    "delayed",
+)
+
+
+class StaleJob(StoreError):
+    """``update_job`` expected another version than the stored one (an API maps it to 412)."""
+
+    def __init__(self, job_id: str, expected: int, current: int) -> None:
+        super().__init__(f"job {job_id!r} is at version {current}, not {expected}")
+        self.job_id = job_id
+        self.expected = expected
+        self.current = current
+
+
+class InUse(StoreError):
+    """A depot or driver that a vehicle profile still names cannot be deleted (API: 409)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """A stored job: the domain job, its version (starts at 1, +1 per change) and bookkeeping.
+
+    ``explanation`` and ``unassigned_reasons`` are what the assigner last said about it (JSON).
+    """
+
+    job: Job
+    version: int
+    created_wall_ns: int
+    updated_wall_ns: int
+    idempotency_key: str | None = None
+    request_hash: str = ""  # what makes a repeated creation the same request
+    explanation: Mapping[str, Any] | None = None
+    unassigned_reasons: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JobEventRow:
+    """One entry of a job's append-only log. ``from_state`` is None for the creation; the
+    other kinds than ``transition`` keep the state (``from_state == to_state``)."""
+
+    id: int
+    job_id: str
+    ts_wall_ns: int
+    kind: JobEventKind
+    from_state: JobState | None
+    to_state: JobState
+    reason_code: str
+    reason_text: str = ""
+    actor: Actor = "system"
+    actor_id: str | None = None  # the token id of a dispatcher or driver app
+    vehicle_before: str | None = None
+    vehicle_after: str | None = None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+JobStreamFor = Callable[[JobRow, JobEventRow], Sequence[StreamEvent]]
+"""Called inside a job write's transaction with the stored row and event (its id assigned);
+returns the stream events to append in that same transaction. Must be pure and fast."""
+
+
 # -- the interface -----------------------------------------------------------------------------
 
 
@@ -681,6 +755,11 @@ class Store(Protocol):
         rejected) returns the row unchanged and appends no event."""
         ...
 
+    async def set_command_args(self, command_id: str, args: Mapping[str, Any]) -> CommandRow | None:
+        """Replace a command's args, nothing else (credential rotation removes the password
+        once used). Returns None for an unknown command id."""
+        ...
+
     # -- remote configuration ----------------------------------------------------------------
 
     async def set_desired_config(
@@ -816,4 +895,106 @@ class Store(Protocol):
         self, webhook_id: str, *, limit: int = 100, event_id: int | None = None
     ) -> list[Delivery]:
         """Newest first."""
+        ...
+
+    # -- dispatch: depots, drivers, vehicle profiles ------------------------------------------
+
+    async def put_depot(self, depot: Depot) -> bool:
+        """Create or replace a depot; True if it was created."""
+        ...
+
+    async def get_depot(self, depot_id: str) -> Depot | None: ...
+
+    async def list_depots(self) -> list[Depot]:
+        """Ordered by id."""
+        ...
+
+    async def delete_depot(self, depot_id: str) -> None:
+        """Raises NotFound, or InUse while a vehicle profile names it."""
+        ...
+
+    async def put_driver(self, driver: Driver) -> bool:
+        """Create or replace a driver; True if it was created."""
+        ...
+
+    async def get_driver(self, driver_id: str) -> Driver | None: ...
+
+    async def list_drivers(self) -> list[Driver]:
+        """Ordered by id."""
+        ...
+
+    async def delete_driver(self, driver_id: str) -> None:
+        """Raises NotFound, or InUse while a vehicle profile names them."""
+        ...
+
+    async def put_vehicle_profile(self, profile: VehicleProfile) -> VehicleProfile:
+        """Create or replace the dispatch profile of device ``profile.id``. Raises NotFound for
+        an unknown device, depot or driver."""
+        ...
+
+    async def get_vehicle_profile(self, device_id: str) -> VehicleProfile | None:
+        """None when none is stored (the vehicle then has the model's defaults)."""
+        ...
+
+    async def list_vehicle_profiles(self) -> list[VehicleProfile]:
+        """Every stored profile, ordered by device id."""
+        ...
+
+    # -- dispatch: jobs -----------------------------------------------------------------------
+
+    async def create_job(
+        self, row: JobRow, event: JobEventRow, stream_for: JobStreamFor | None = None
+    ) -> JobRow:
+        """Store a new job (``row.version`` as given), its ``created`` event and the stream
+        events of ``stream_for``, in ONE transaction. Raises AlreadyExists when the id or the
+        idempotency key is taken."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRow | None: ...
+
+    async def job_by_idempotency_key(self, key: str) -> JobRow | None: ...
+
+    async def list_jobs(
+        self,
+        *,
+        states: Sequence[JobState] | None = None,
+        vehicle_id: str | None = None,
+        customer_ref: str | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
+    ) -> Page[JobRow]:
+        """Jobs in any of ``states`` (all when None), by creation time then id. Raises
+        BadCursor."""
+        ...
+
+    async def update_job(
+        self,
+        job: Job,
+        *,
+        expected_version: int,
+        updated_wall_ns: int,
+        event: JobEventRow,
+        stream_for: JobStreamFor | None = None,
+    ) -> JobRow:
+        """Write the job's changeable fields (state, vehicle, lock, announced) if it is still at
+        ``expected_version``, raising the version by one; append ``event`` and the stream events
+        of ``stream_for``; all in ONE transaction. Raises NotFound, or StaleJob (nothing
+        written) when another writer got there first."""
+        ...
+
+    async def set_job_explanation(
+        self,
+        job_id: str,
+        *,
+        explanation: Mapping[str, Any] | None,
+        unassigned_reasons: Sequence[Mapping[str, Any]],
+    ) -> JobRow:
+        """Replace what the assigner last said about the job (the version stays). Raises
+        NotFound."""
+        ...
+
+    async def job_events(
+        self, job_id: str, *, after_id: int = 0, limit: int = 1000
+    ) -> list[JobEventRow]:
+        """The job's events with id > after_id, oldest first."""
         ...

@@ -280,7 +280,74 @@ CREATE TABLE reported_config (
 );
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
+# Dispatch: depots, drivers, vehicles' dispatch profiles, jobs and their append-only event log.
+# Skills, capacities, demands, stops and shifts are JSON (read whole, never queried inside);
+# ``version`` is the job's optimistic-concurrency counter, ``request_hash`` what makes a replayed
+# creation the same request. Times are cloud-clock ns.
+_V3 = """
+CREATE TABLE depots (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    lat_deg {double} NOT NULL,
+    lon_deg {double} NOT NULL
+);
+CREATE TABLE drivers (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    skills TEXT NOT NULL
+);
+CREATE TABLE vehicle_profiles (
+    device_id TEXT PRIMARY KEY,
+    skills TEXT NOT NULL,
+    capacity TEXT NOT NULL,
+    depot_id TEXT,
+    shifts TEXT NOT NULL,
+    driver_id TEXT,
+    dispatchable {boolean} NOT NULL
+);
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT NOT NULL,
+    stop TEXT NOT NULL,
+    pickup TEXT,
+    skills TEXT NOT NULL,
+    demand TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    customer_ref TEXT,
+    state TEXT NOT NULL,
+    vehicle_id TEXT,
+    locked_vehicle_id TEXT,
+    announced {boolean} NOT NULL,
+    version {bigint} NOT NULL,
+    created_wall_ns {bigint} NOT NULL,
+    updated_wall_ns {bigint} NOT NULL,
+    explanation TEXT,
+    unassigned_reasons TEXT NOT NULL
+);
+CREATE INDEX jobs_by_created ON jobs (created_wall_ns, id);
+CREATE INDEX jobs_by_state ON jobs (state, created_wall_ns, id);
+CREATE INDEX jobs_by_vehicle ON jobs (vehicle_id, created_wall_ns, id);
+CREATE INDEX jobs_by_customer ON jobs (customer_ref, created_wall_ns, id);
+CREATE TABLE job_events (
+    id {autoid},
+    job_id TEXT NOT NULL,
+    ts_wall_ns {bigint} NOT NULL,
+    kind TEXT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    reason_code TEXT NOT NULL,
+    reason_text TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    actor_id TEXT,
+    vehicle_before TEXT,
+    vehicle_after TEXT,
+    evidence TEXT NOT NULL
+);
+CREATE INDEX job_events_by_job ON job_events (job_id, id);
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
 """(number, DDL template) in order; ``{bigint}``-style names are Dialect fields."""
 
 VERSION_TABLE = (

@@ -14,7 +14,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from fleetlink_cloud.bus import StreamEvent
-from fleetlink_cloud.store import admin, configs, presence, read, stream, write
+from fleetlink_cloud.dispatch.model import Depot, Driver, Job, JobState, VehicleProfile
+from fleetlink_cloud.store import admin, configs, jobs, presence, read, stream, write
 from fleetlink_cloud.store.base import (
     AuditRow,
     CommandRow,
@@ -31,6 +32,9 @@ from fleetlink_cloud.store.base import (
     HealthRow,
     IngestBatch,
     IngestResult,
+    JobEventRow,
+    JobRow,
+    JobStreamFor,
     Ledger,
     Page,
     PositionRow,
@@ -43,7 +47,7 @@ from fleetlink_cloud.store.base import (
     VehicleState,
     Webhook,
 )
-from fleetlink_cloud.store.conn import LOCK_MIGRATIONS, Conn
+from fleetlink_cloud.store.conn import LOCK_MIGRATIONS, Conn, dumps
 from fleetlink_cloud.store.schema import MIGRATIONS, VERSION_TABLE, Dialect, render
 
 TABLES = (
@@ -63,6 +67,11 @@ TABLES = (
     "deliveries",
     "desired_config",
     "reported_config",
+    "depots",
+    "drivers",
+    "vehicle_profiles",
+    "jobs",
+    "job_events",
 )
 
 
@@ -377,6 +386,13 @@ class SqlStore(abc.ABC):
                 c, device_id, command_id, status, detail, received_wall_ns
             )
 
+    async def set_command_args(self, command_id: str, args: Mapping[str, Any]) -> CommandRow | None:
+        async with self._write() as c:
+            await c.execute(
+                "UPDATE commands SET args = ? WHERE command_id = ?", (dumps(dict(args)), command_id)
+            )
+            return await admin.get_command(c, command_id)
+
     # -- remote configuration ----------------------------------------------------------------
 
     async def set_desired_config(
@@ -525,3 +541,107 @@ class SqlStore(abc.ABC):
     ) -> list[Delivery]:
         async with self._read() as c:
             return await admin.deliveries(c, webhook_id, limit, event_id)
+
+    # -- dispatch: depots, drivers, vehicle profiles ------------------------------------------
+
+    async def put_depot(self, depot: Depot) -> bool:
+        async with self._write() as c:
+            return await jobs.put_depot(c, depot)
+
+    async def get_depot(self, depot_id: str) -> Depot | None:
+        async with self._read() as c:
+            return await jobs.get_depot(c, depot_id)
+
+    async def list_depots(self) -> list[Depot]:
+        async with self._read() as c:
+            return await jobs.list_depots(c)
+
+    async def delete_depot(self, depot_id: str) -> None:
+        async with self._write() as c:
+            await jobs.delete_referenced(c, "depots", "depot_id", depot_id)
+
+    async def put_driver(self, driver: Driver) -> bool:
+        async with self._write() as c:
+            return await jobs.put_driver(c, driver)
+
+    async def get_driver(self, driver_id: str) -> Driver | None:
+        async with self._read() as c:
+            return await jobs.get_driver(c, driver_id)
+
+    async def list_drivers(self) -> list[Driver]:
+        async with self._read() as c:
+            return await jobs.list_drivers(c)
+
+    async def delete_driver(self, driver_id: str) -> None:
+        async with self._write() as c:
+            await jobs.delete_referenced(c, "drivers", "driver_id", driver_id)
+
+    async def put_vehicle_profile(self, profile: VehicleProfile) -> VehicleProfile:
+        async with self._write() as c:
+            return await jobs.put_profile(c, profile)
+
+    async def get_vehicle_profile(self, device_id: str) -> VehicleProfile | None:
+        async with self._read() as c:
+            return await jobs.get_profile(c, device_id)
+
+    async def list_vehicle_profiles(self) -> list[VehicleProfile]:
+        async with self._read() as c:
+            return await jobs.list_profiles(c)
+
+    # -- dispatch: jobs -----------------------------------------------------------------------
+
+    async def create_job(
+        self, row: JobRow, event: JobEventRow, stream_for: JobStreamFor | None = None
+    ) -> JobRow:
+        async with self._write() as c:
+            return await jobs.create_job(c, row, event, stream_for)
+
+    async def get_job(self, job_id: str) -> JobRow | None:
+        async with self._read() as c:
+            return await jobs.get_job(c, job_id)
+
+    async def job_by_idempotency_key(self, key: str) -> JobRow | None:
+        async with self._read() as c:
+            return await jobs.job_by_key(c, key)
+
+    async def list_jobs(
+        self,
+        *,
+        states: Sequence[JobState] | None = None,
+        vehicle_id: str | None = None,
+        customer_ref: str | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
+    ) -> Page[JobRow]:
+        async with self._read() as c:
+            return await jobs.list_jobs(c, states, vehicle_id, customer_ref, limit, cursor)
+
+    async def update_job(
+        self,
+        job: Job,
+        *,
+        expected_version: int,
+        updated_wall_ns: int,
+        event: JobEventRow,
+        stream_for: JobStreamFor | None = None,
+    ) -> JobRow:
+        async with self._write() as c:
+            return await jobs.update_job(
+                c, job, expected_version, updated_wall_ns, event, stream_for
+            )
+
+    async def set_job_explanation(
+        self,
+        job_id: str,
+        *,
+        explanation: Mapping[str, Any] | None,
+        unassigned_reasons: Sequence[Mapping[str, Any]],
+    ) -> JobRow:
+        async with self._write() as c:
+            return await jobs.set_explanation(c, job_id, explanation, unassigned_reasons)
+
+    async def job_events(
+        self, job_id: str, *, after_id: int = 0, limit: int = 1000
+    ) -> list[JobEventRow]:
+        async with self._read() as c:
+            return await jobs.job_events(c, job_id, after_id, limit)

@@ -1,18 +1,21 @@
 """One entry point for CAN frames: J1939 for 29-bit traffic plus any configured DBCs.
 
 ``CanDecoder.feed(frame)`` returns the records a frame yields; error and remote frames are
-counted here and go no further. ``counters`` merges every decoder's counters under a prefix
-("j1939.tp_timeouts", "dbc0.short_frames") for the health record.
+counted here and go no further. ``select`` narrows the signals kept (``can.signals``).
+``counters`` merges every decoder's counters under a prefix ("j1939.tp_timeouts",
+"dbc0.short_frames") for the health record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from fleetlink_edge.config import CanSettings
 from fleetlink_edge.decode.dbc import DbcDecoder
 from fleetlink_edge.decode.j1939 import J1939Decoder
+from fleetlink_edge.errors import ConfigError
 from fleetlink_edge.frames import CanFrame
+from fleetlink_edge.signal_lists import signal_problems
 from fleetlink_protocols.records import Dtc, SignalValue
 
 
@@ -28,9 +31,25 @@ class CanDecoder:
 
     @classmethod
     def from_settings(cls, settings: CanSettings) -> CanDecoder:
-        """Build from the agent's CAN section; loads the DBC files (ConfigError if one fails)."""
+        """Build from the agent's CAN section, keeping ``settings.signals``; loads the DBC files.
+
+        Raises ConfigError if a file fails or ``signals`` names a path no decoder produces."""
+        if problems := signal_problems(settings):
+            raise ConfigError("; ".join(problems))
         j1939 = J1939Decoder.from_settings(settings.j1939) if settings.j1939.enabled else None
-        return cls(j1939=j1939, dbc=[DbcDecoder.from_settings(d) for d in settings.dbc])
+        decoder = cls(j1939=j1939, dbc=[DbcDecoder.from_settings(d) for d in settings.dbc])
+        decoder.select(settings.signals)
+        return decoder
+
+    def select(self, signals: Iterable[str] | None) -> None:
+        """Keep only signals with these catalog paths from the next frame on (None: all).
+
+        DTCs always pass. Remote configuration calls it with a checked ``can.signals``."""
+        paths = None if signals is None else frozenset(signals)
+        if self.j1939 is not None:
+            self.j1939.select(paths)
+        for decoder in self.dbc:
+            decoder.select(paths)
 
     @property
     def counters(self) -> dict[str, int]:

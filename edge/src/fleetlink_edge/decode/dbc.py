@@ -110,7 +110,24 @@ class DbcDecoder:
             by_pgn = match == "pgn" or (match == "auto" and m.protocol == "j1939")
             if pgn is not None and by_pgn:
                 self._by_pgn.setdefault(pgn, m)  # the first wins, as in cantools' own lookup
-        self._mapped = self._map(db, signals or {})
+        self._every = self._map(db, signals or {})
+        self._mapped = self._every
+
+    @property
+    def paths(self) -> frozenset[str]:
+        """The catalog paths the mapping produces (what ``select`` may keep)."""
+        return frozenset(m.path for items in self._every.values() for m in items)
+
+    def select(self, paths: frozenset[str] | None) -> None:
+        """Produce only mapped signals with these paths from now on (None: every mapped one).
+
+        A message with no kept signal is not decoded at all (counted as unmatched), which
+        spares cantools the work on a chatty bus."""
+        every = self._every
+        if paths is not None:
+            kept = {n: tuple(m for m in items if m.path in paths) for n, items in every.items()}
+            every = {n: items for n, items in kept.items() if items}
+        self._mapped = every
 
     @classmethod
     def from_settings(cls, settings: DbcSettings) -> DbcDecoder:

@@ -23,6 +23,9 @@ VIN_PATH = "Vehicle.VehicleIdentification.VIN"
 _MAX_FRAME_BYTES = 8  # classic CAN; J1939 does not use CAN FD frames here
 _NS_PER_MS = 1_000_000
 
+# Every catalog path this decoder can produce (what ``select`` may keep).
+SIGNAL_PATHS = frozenset({s.path for spns in std.SIGNAL_SPNS.values() for s in spns} | {VIN_PATH})
+
 COUNTER_NAMES = (
     "frames",
     "messages",
@@ -257,6 +260,11 @@ class J1939Decoder:
         self._last_dm1: dict[tuple[str | None, int], dict[tuple[int, int], std.Dm1Dtc]] = {}
         self._last_lamps: dict[tuple[str | None, int], int] = {}
         self._last_vin: dict[tuple[str | None, int], str] = {}
+        self._keep: frozenset[str] | None = None
+
+    def select(self, paths: frozenset[str] | None) -> None:
+        """Produce only signals with these catalog paths from now on (None: all); DTCs pass."""
+        self._keep = paths
 
     @classmethod
     def from_settings(cls, settings: J1939Settings) -> J1939Decoder:
@@ -312,7 +320,10 @@ class J1939Decoder:
             self.counters["ignored_pgns"] += 1
             return []
         out: list[Decoded] = []
+        keep = self._keep
         for spn in spns:
+            if keep is not None and spn.path not in keep:
+                continue
             value = self._value(spn, m.data)
             if value is not None:
                 record = SignalValue(m.ts_wall_ns, spn.path, value)
@@ -367,6 +378,8 @@ class J1939Decoder:
         return Decoded(m, record, spn=d.spn, lamps=lamps)
 
     def _vin(self, m: J1939Message) -> list[Decoded]:
+        if self._keep is not None and VIN_PATH not in self._keep:
+            return []
         vin = std.decode_vin(m.data)
         if vin is None:
             self.counters["vin_invalid"] += 1

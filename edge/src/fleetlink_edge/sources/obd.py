@@ -6,7 +6,8 @@ some ECU supports are polled every ``poll_interval_s``, stored DTCs (service 03)
 ``dtc_interval_s`` and on request (``request_dtc_read``), and the VIN (service 09 InfoType 02)
 once. A multi-frame answer gets its flow control on the ECU's physical address 0x7E0+n. A
 request ends when every ECU expected to answer has answered, or at its timeout. When the ECUs
-fall silent (ignition off), the poller goes back to discovery.
+fall silent (ignition off), the poller goes back to discovery. ``reconfigure`` changes the PIDs
+and the poll interval while running (remote configuration): a cycle with the new ones starts.
 """
 
 from __future__ import annotations
@@ -167,11 +168,6 @@ class ObdPoller:
 
     def __init__(self, port: ObdPort, settings: ObdSettings) -> None:
         self._port = port
-        self._settings = settings
-        self._pids = [p for p in dict.fromkeys(settings.pids) if p in obd.PIDS]
-        skipped = sorted(set(settings.pids) - set(self._pids))
-        if skipped:
-            log.warning("OBD PIDs without a signal decoder are not polled: %s", skipped)
         self.support: dict[int, frozenset[int]] = {}  # ECU response id -> supported PIDs
         self.vin: str | None = None
         self._dtcs: dict[int, frozenset[str]] = {}
@@ -179,6 +175,24 @@ class ObdPoller:
         self._counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._dtc_waiters: list[asyncio.Future[DtcReading]] = []
         self._wake = asyncio.Event()
+        self._replan = False  # reconfigured while polling: the next cycle is due now
+        self._settings = settings
+        self._pids: list[int] = []
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: ObdSettings) -> None:
+        """Poll ``settings.pids`` every ``settings.poll_interval_s``, the first cycle at once
+        (remote configuration); discovery already knows which of them each ECU supports."""
+        pids = [p for p in dict.fromkeys(settings.pids) if p in obd.PIDS]
+        if skipped := sorted(set(settings.pids) - set(pids)):
+            log.warning("OBD PIDs without a signal decoder are not polled: %s", skipped)
+        before, self._settings = self._settings, settings
+        changed = pids != self._pids or settings.poll_interval_s != before.poll_interval_s
+        self._pids = pids
+        if changed and self.support:
+            log.info("OBD PIDs now %s; polling %s", pids, self.polled_pids)
+            self._replan = True
+            self._wake.set()
 
     @property
     def counters(self) -> dict[str, int]:
@@ -211,6 +225,8 @@ class ObdPoller:
                 next_poll = next_dtc = loop.time()
                 silent_cycles = 0
                 while silent_cycles < s.rediscover_after_silent_cycles:
+                    if self._replan:
+                        self._replan, next_poll = False, loop.time()
                     batch: list[Record] = []
                     answered = False
                     due = loop.time() >= next_dtc
@@ -220,7 +236,8 @@ class ObdPoller:
                         next_dtc = self._next_tick(next_dtc, s.dtc_interval_s, loop.time())
                     if loop.time() >= next_poll:
                         answered |= await self._poll_pids(batch)
-                        next_poll = self._next_tick(next_poll, s.poll_interval_s, loop.time())
+                        interval_s = self._settings.poll_interval_s  # may change live
+                        next_poll = self._next_tick(next_poll, interval_s, loop.time())
                     silent_cycles = 0 if answered else silent_cycles + 1
                     for record in batch:
                         yield record
@@ -246,8 +263,8 @@ class ObdPoller:
         return waiter
 
     async def _nap(self, delay_s: float) -> None:
-        """Sleep until the next poll is due, or until a DTC read is requested."""
-        if self._dtc_waiters:
+        """Sleep until the next poll is due, or until a DTC read or a reconfigure comes."""
+        if self._dtc_waiters or self._replan:
             return
         self._wake.clear()
         with contextlib.suppress(TimeoutError):

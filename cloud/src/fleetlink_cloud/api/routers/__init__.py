@@ -8,6 +8,7 @@ from fleetlink_cloud.api.routers import (
     admin,
     commands,
     config,
+    credentials,
     devices,
     dtcs,
     events,
@@ -31,5 +32,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     stream.router,
     webhooks.router,
     devices.router,
+    credentials.router,
     admin.router,
 )
