@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from fleetlink_edge.config import TlsSettings, UplinkSettings
+from fleetlink_edge.credentials import Attempt
 from fleetlink_edge.doctor import broker
 from fleetlink_edge.doctor.findings import Finding, Status
 from fleetlink_protocols.topics import mosquitto_acl_entries
@@ -65,6 +66,21 @@ async def test_wrong_password_is_the_credentials_verdict_and_quick(mosquitto: Mo
     assert "veh001" in mqtt.summary
     assert "password" in (mqtt.fix or "")
     assert elapsed_s < TIMEOUT_S / 5, f"took {elapsed_s:.2f} s: a timeout, not a refusal"
+
+
+@pytest.mark.mosquitto
+async def test_a_rotated_password_is_offered_as_the_agent_would(mosquitto: Mosquitto) -> None:
+    # After a rotation the config file still holds the old password; the agent connects with
+    # the kept one, so doctor must not call that a credentials failure.
+    stale = uplink(mosquitto.port, password="old-password")
+    kept = [Attempt(USERS["veh001"], "rotated"), Attempt("old-password", "configured")]
+    found = by_check(await broker.check(stale, "veh001", TIMEOUT_S, kept))
+    mqtt = found["broker.mqtt"]
+    assert mqtt.status is Status.OK, mqtt
+    assert mqtt.detail["password"] == "rotated"
+    both_wrong = [Attempt("wrong-1", "rotated"), Attempt("wrong-2", "configured")]
+    found = by_check(await broker.check(stale, "veh001", TIMEOUT_S, both_wrong))
+    assert found["broker.mqtt"].detail["verdict"] == "credentials"
 
 
 @pytest.mark.mosquitto

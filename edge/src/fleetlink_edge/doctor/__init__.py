@@ -3,7 +3,7 @@
     config   the agent's own load_settings; an invalid file is the first and only finding
     gnss     gnss.py: serial receiver (device, NMEA, checksums, fix) or gpsd (TPVs, fix)
     can      can.py: interface, bitrate, traffic, errors and drops, OBD-II 01 00
-    broker   broker.py: DNS, TCP, TLS, MQTT CONNECT with the configured credentials
+    broker   broker.py: DNS, TCP, TLS, MQTT CONNECT with the passwords the agent would offer
     clock    system.py: after the build time, and against the GNSS fix's time
     disk     system.py: room for outbox.max_bytes; outbox: the backlog, read-only
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from fleetlink_edge.config import EdgeSettings, load_settings
+from fleetlink_edge.credentials import CredentialFile, credentials_file
 from fleetlink_edge.doctor import broker, can, gnss, system
 from fleetlink_edge.doctor.findings import (
     Finding,
@@ -80,7 +81,7 @@ async def run(config: Path | None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> l
     families: list[tuple[str, Callable[[], Awaitable[list[Finding]]]]] = [
         ("gnss", gnss_family),
         ("can", lambda: can.check(settings.can, timeout_s)),
-        ("broker", lambda: broker.check(settings.uplink, client_id, timeout_s)),
+        ("broker", lambda: _broker(settings, client_id, timeout_s)),
         # The clock is compared with the fix the GNSS checks found, so it comes after them.
         ("clock", lambda: _one(system.check_clock(fix_sample))),
         ("disk", lambda: system.check_storage(o.path, o.max_bytes, timeout_s)),
@@ -88,6 +89,13 @@ async def run(config: Path | None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> l
     for name, probe in families:
         findings += await _guarded(name, probe, budget_s)
     return findings
+
+
+async def _broker(settings: EdgeSettings, client_id: str, timeout_s: float) -> list[Finding]:
+    """The broker checks with the passwords the agent would offer (rotated ones first)."""
+    kept = CredentialFile(credentials_file(settings), settings.uplink.password)
+    await kept.load()  # read only: a missing or malformed file leaves the configured password
+    return await broker.check(settings.uplink, client_id, timeout_s, kept.attempts())
 
 
 async def _one(finding: Awaitable[Finding]) -> list[Finding]:

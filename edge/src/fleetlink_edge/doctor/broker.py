@@ -16,9 +16,11 @@ import ipaddress
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fleetlink_edge.config import UplinkSettings
+from fleetlink_edge.credentials import Attempt
 from fleetlink_edge.doctor.findings import (
     VERDICTS,
     Finding,
@@ -34,12 +36,20 @@ CERT_EXPIRY_WARN_DAYS = 14
 CLIENT_ID_SUFFIX = "-doctor"
 
 
-async def check(s: UplinkSettings, client_id: str, timeout_s: float) -> list[Finding]:
-    """Every stage's finding; stages after the first failure are SKIP."""
+async def check(
+    s: UplinkSettings,
+    client_id: str,
+    timeout_s: float,
+    attempts: Sequence[Attempt] | None = None,
+) -> list[Finding]:
+    """Every stage's finding; stages after the first failure are SKIP. ``attempts``: the
+    passwords the agent would offer, in its order (rotated ones first); default the configured."""
     stages = [Stage.DNS, Stage.TCP, *([Stage.TLS] if s.tls is not None else []), Stage.MQTT]
     common = {"host": s.host, "port": s.port, "user": s.username or "<none>"}
     common |= {"timeout_s": timeout_s, "tls": s.tls is not None}
-    probe = _Probe(s, client_id + CLIENT_ID_SUFFIX, timeout_s)
+    if attempts is None:
+        attempts = [Attempt(s.password, "configured")]
+    probe = _Probe(s, client_id + CLIENT_ID_SUFFIX, timeout_s, attempts)
     outcomes: list[Outcome] = []
     try:
         for stage in stages:
@@ -55,8 +65,11 @@ async def check(s: UplinkSettings, client_id: str, timeout_s: float) -> list[Fin
 class _Probe:
     """The stages' shared state: the TCP connection that the TLS stage upgrades."""
 
-    def __init__(self, s: UplinkSettings, client_id: str, timeout_s: float) -> None:
+    def __init__(
+        self, s: UplinkSettings, client_id: str, timeout_s: float, attempts: Sequence[Attempt]
+    ) -> None:
         self._s = s
+        self._attempts = attempts
         self._client_id = client_id
         self._timeout_s = timeout_s
         self._writer: asyncio.StreamWriter | None = None
@@ -144,16 +157,32 @@ class _Probe:
 
     async def _mqtt(self) -> tuple[str, str, dict[str, Any]]:
         await self.close()  # the raw probe connection is done; MqttClient opens its own
+        refused: list[str] = []
+        result: tuple[str, str, dict[str, Any]] = ("credentials", "no password to offer", {})
+        for attempt in self._attempts:  # as the agent does: the first password accepted wins
+            result = await self._connect(attempt)
+            if result[0] not in ("credentials", "credentials_no_password"):
+                if result[0] == "accepted" and refused:
+                    result[2]["refused_before"] = refused
+                return result
+            refused.append(attempt.source)
+        return result
+
+    async def _connect(self, attempt: Attempt) -> tuple[str, str, dict[str, Any]]:
         s = self._s
         settings = s.model_copy(
-            update={"connect_timeout_s": self._timeout_s, "session_expiry_s": 0}
+            update={
+                "connect_timeout_s": self._timeout_s,
+                "session_expiry_s": 0,
+                "password": attempt.password,
+            }
         )
         client: MqttClient | None = None
         try:
             client = MqttClient(settings, self._client_id)
             info = await client.connect()
         except BrokerRefused as exc:
-            no_password = s.username is not None and s.password is None
+            no_password = s.username is not None and attempt.password is None
             return ("credentials_no_password" if no_password else "credentials"), str(exc), {}
         except ConfigError as exc:
             return "tls_files", str(exc), {}
@@ -165,8 +194,10 @@ class _Probe:
         finally:
             if client is not None:
                 await client.disconnect()
-        text = f"CONNECT accepted for {s.username or 'anonymous'} (MQTT {info.protocol})"
-        return "accepted", text, {"protocol": info.protocol, "client_id": self._client_id}
+        who = s.username or "anonymous"
+        text = f"CONNECT accepted for {who}, {attempt.source} password (MQTT {info.protocol})"
+        facts = {"protocol": info.protocol, "client_id": self._client_id}
+        return "accepted", text, facts | {"password": attempt.source}
 
     async def _speaks_tls(self) -> bool:
         """Whether the port completes a TLS handshake (certificate not checked)."""
