@@ -11,6 +11,8 @@ import logging
 import socket
 from collections.abc import Callable, Mapping
 
+from fleetlink_protocols.limits import MAX_HEALTH_COUNTERS
+
 log = logging.getLogger(__name__)
 
 CounterSource = Callable[[], Mapping[str, int]]
@@ -72,13 +74,29 @@ class Heartbeats:
         return sorted(n for n, t in self._last.items() if now_mono_ns - t > self._max_silence_ns)
 
 
-def collect_counters(sources: Mapping[str, CounterSource]) -> dict[str, int]:
-    """Flatten every component's counters into ``component.counter`` names for a Health record."""
+OMITTED_COUNTER = "health.counters_omitted"
+
+
+def collect_counters(
+    sources: Mapping[str, CounterSource], limit: int = MAX_HEALTH_COUNTERS
+) -> dict[str, int]:
+    """Flatten every component's counters into ``component.counter`` names for a Health record.
+
+    A record carries at most ``limit`` counters (protocol limit); past it, zero counters go
+    first (absent reads as zero), then the last names in order, and ``health.counters_omitted``
+    says how many went, so the record is never refused for its size.
+    """
     merged: dict[str, int] = {}
     for prefix, read in sources.items():
         for name, value in read().items():
             merged[f"{prefix}.{name}"] = int(value)
-    return merged
+    if len(merged) <= limit:
+        return merged
+    kept = {k: v for k, v in merged.items() if v != 0}
+    if len(kept) >= limit:
+        kept = dict(sorted(kept.items())[: limit - 1])
+    kept[OMITTED_COUNTER] = len(merged) - len(kept)
+    return kept
 
 
 def watchdog_interval_s(watchdog_usec: str | None) -> float | None:
