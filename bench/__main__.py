@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import agent_rss, capture, ingest, payload, solomon, stream_latency
+from bench import agent_rss, assign, capture, ingest, payload, replan, solomon, stream_latency
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "can_capture": lambda a: asyncio.run(capture.can_capture(a.data)),
@@ -28,6 +28,8 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "ingest": lambda a: ingest.ingest(),
     "stream_latency": lambda a: stream_latency.stream_latency(),
     "solomon": lambda a: solomon.solomon(a.data),
+    "replan": lambda a: replan.replan_latency(),
+    "assign_latency": lambda a: assign.assign_latency(),
 }
 
 ROOT = Path(__file__).resolve().parents[1]
