@@ -96,6 +96,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _run_until_signalled(agent.run)
 
 
+def _sim_extras(args: argparse.Namespace, ids: list[str]) -> dict[str, Any]:
+    """The simulated drivers and injected failures of ``simulate``. Raises ConfigError."""
+    from fleetlink_edge.sim.driver import DriverOptions
+    from fleetlink_edge.sim.faults import Failures, injections
+
+    drivers = None
+    if args.drivers:
+        drivers = DriverOptions(
+            reject_rate=args.reject_rate, time_factor=args.time_factor, min_dwell_s=args.dwell
+        )
+    failures = Failures(
+        silences=injections(args.silence, ids),
+        faults=injections(args.fault, ids),
+        fault_code=args.fault_code,
+    )
+    return {"drivers": drivers, "failures": failures}
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from fleetlink_edge.simulate import SimOptions, fleet_ids, simulate, simulate_fleet
 
@@ -114,6 +132,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.vehicles < 1:
         print("fleetlink-edge: --vehicles must be at least 1", file=sys.stderr)
         return 2
+    ids = (
+        fleet_ids(settings.device.id, args.vehicles) if args.vehicles > 1 else [settings.device.id]
+    )
+    try:
+        extras = _sim_extras(args, ids)
+    except ConfigError as exc:
+        print(f"fleetlink-edge: {exc}", file=sys.stderr)
+        return 2
     options = SimOptions(
         duration_s=args.duration,
         gnss_hz=args.gnss_hz,
@@ -123,10 +149,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         can_replay=args.can_replay,
         can_fps=args.can_fps,
         report_every_s=args.report_every,
+        **extras,
     )
     if args.vehicles == 1:
         return _run_until_signalled(lambda stop: simulate(settings, options, sys.stdout, stop))
-    ids = fleet_ids(settings.device.id, args.vehicles)
     return _run_until_signalled(
         lambda stop: simulate_fleet(settings, options, ids, state_dir, sys.stdout, stop)
     )
@@ -292,6 +318,39 @@ def _add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             p.add_argument("--minutes", type=float, required=True)
 
 
+def _add_sim_drivers(sim: argparse.ArgumentParser) -> None:
+    """``simulate``'s drivers and failure injection (docs/driver.md "Simulated drivers")."""
+    on = sim.add_mutually_exclusive_group()
+    on.add_argument(
+        "--auto-drivers",
+        dest="drivers",
+        action="store_true",
+        default=True,
+        help="a simulated driver per vehicle answers offers, drives to jobs (default)",
+    )
+    on.add_argument(
+        "--no-drivers", dest="drivers", action="store_false", help="leave job offers unanswered"
+    )
+    sim.add_argument("--reject-rate", type=float, default=0.1, help="share of offers rejected")
+    sim.add_argument("--time-factor", type=float, default=1.0, help="service time multiplier")
+    sim.add_argument("--dwell", type=float, default=70.0, help="least time at a stop, s")
+    sim.add_argument(
+        "--silence",
+        action="append",
+        default=[],
+        metavar="VEHICLE@SECONDS",
+        help="cut VEHICLE's uplink SECONDS after the start",
+    )
+    sim.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="VEHICLE@SECONDS",
+        help="VEHICLE's ECU stores --fault-code (MIL on) SECONDS after the start",
+    )
+    sim.add_argument("--fault-code", default="P0300", help="DTC of --fault (SAE J2012)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleetlink-edge", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -317,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--can-replay", type=Path, default=None, help="CAN log to replay on the bus")
     sim.add_argument("--can-fps", type=float, default=0.0, help="replay rate, frames per second")
     sim.add_argument("--report-every", type=float, default=5.0, help="status line period, s")
+    _add_sim_drivers(sim)
     sim.set_defaults(func=_cmd_simulate)
 
     _add_doctor(sub)

@@ -3,7 +3,10 @@
 A drive around a point feeds a GNSS receiver writing NMEA to a pty (which the agent opens as its
 serial port) and an ECU on python-can's virtual bus answering OBD-II with the same speed. The
 virtual bus lives inside one process, so the ECU runs beside the agent. Optionally a recorded CAN
-log is replayed onto the bus at a chosen frame rate (load tests, J1939).
+log is replayed onto the bus at a chosen frame rate (load tests, J1939), a simulated driver
+answers job offers and steers the drive to the jobs (``sim.driver``), and faults are injected
+for dispatch to react to: a vehicle whose uplink goes dark (``sim.relay``), or whose ECU stores a
+DTC and lights its MIL.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -24,8 +27,12 @@ import can
 
 from fleetlink_edge.app import Agent
 from fleetlink_edge.config import EdgeSettings
+from fleetlink_edge.driver_socket import socket_path
 from fleetlink_edge.frames import CanFrame
+from fleetlink_edge.sim import faults
+from fleetlink_edge.sim.driver import DriverOptions, SimulatedDriver, SocketDesk
 from fleetlink_edge.sim.ecu import EcuState, SimulatedEcu
+from fleetlink_edge.sim.faults import Failures
 from fleetlink_edge.sim.gnss import PtyGnss
 from fleetlink_edge.sim.route import Drive
 from fleetlink_edge.sources.replay import read_log
@@ -46,6 +53,8 @@ class SimOptions:
     can_fps: float = 0.0
     report_every_s: float = 5.0
     quiet: bool = False  # no per-vehicle status lines (a fleet reports as one)
+    drivers: DriverOptions | None = None  # None: nobody answers job offers
+    failures: Failures = field(default_factory=Failures)
 
 
 def simulated_settings(base: EdgeSettings, pty_path: str, channel: str) -> EdgeSettings:
@@ -109,7 +118,12 @@ async def _drive(drive: Drive, ecu: EcuState, gnss: PtyGnss, hz: float) -> None:
 
 
 async def _report(
-    agent: Agent, drive: Drive, every_s: float, out: TextIO, now: Callable[[], float]
+    agent: Agent,
+    drive: Drive,
+    drivers: list[SimulatedDriver],
+    every_s: float,
+    out: TextIO,
+    now: Callable[[], float],
 ) -> None:
     start = now()
     while True:
@@ -121,9 +135,29 @@ async def _report(
             f"{st.speed_mps * 3.6:5.1f} km/h | fixes {c.get('gnss.fixes', 0)} "
             f"obd answers {c.get('obd.responses', 0)} | stored {c.get('capture.appended', 0)} "
             f"| sent {c.get('uplink.records_sent', 0)} in {c.get('uplink.batches_sent', 0)} "
-            f"batches, connects {c.get('uplink.connects', 0)}\n"
+            f"batches, connects {c.get('uplink.connects', 0)}{_jobs_text(drivers)}\n"
         )
         out.flush()
+
+
+def _jobs_text(drivers: list[SimulatedDriver]) -> str:
+    """`` | jobs accepted 3 rejected 1 arrived 4 completed 2`` for the drivers' answers."""
+    if not drivers:
+        return ""
+    total = {k: sum(d.counters[k] for d in drivers) for k in ("accept", "reject", "arrived")}
+    done = sum(d.counters["completed"] for d in drivers)
+    return (
+        f" | jobs accepted {total['accept']} rejected {total['reject']} "
+        f"arrived {total['arrived']} completed {done}"
+    )
+
+
+def _driver(
+    settings: EdgeSettings, drive: Drive, options: DriverOptions, seed: int
+) -> SimulatedDriver:
+    """The vehicle's simulated driver, on the agent's driver socket like a driver's app."""
+    desk = SocketDesk(socket_path(settings))
+    return SimulatedDriver(desk, drive, options, seed=seed, name=settings.device.id)
 
 
 async def simulate(
@@ -132,8 +166,10 @@ async def simulate(
     out: TextIO,
     stop: asyncio.Event,
     on_agent: Callable[[Agent], None] | None = None,
+    on_driver: Callable[[SimulatedDriver], None] | None = None,
 ) -> None:
-    """Run drive, GNSS, ECU and agent until ``stop`` is set or ``duration_s`` has passed."""
+    """Run drive, GNSS, ECU, agent (and driver) until ``stop`` is set or ``duration_s`` has
+    passed. Raises ConfigError for a failure it cannot inject (silence over TLS)."""
     gnss = PtyGnss()
     channel = f"fleetlink-sim-{secrets.token_hex(4)}"
     agent_bus = can.Bus(interface="virtual", channel=channel)
@@ -149,13 +185,16 @@ async def simulate(
     state = EcuState()
     replay_stop = threading.Event()
     replayer: threading.Thread | None = None
+    handles: list[asyncio.TimerHandle] = []
     try:
-        async with SimulatedEcu(ecu_bus, state):
+        async with contextlib.AsyncExitStack() as stack:
+            settings, relay = await faults.relayed(settings, options.failures, stack)
+            await stack.enter_async_context(SimulatedEcu(ecu_bus, state))
             agent = Agent(settings, can_bus=agent_bus)
             out.write(
                 f"simulated vehicle {settings.device.id}: GNSS on {gnss.path}, "
                 f"CAN on virtual bus {channel}, outbox {settings.outbox.path}, "
-                f"broker {settings.uplink.host}:{settings.uplink.port}\n"
+                f"broker {base.uplink.host}:{base.uplink.port}\n"
             )
             if options.can_replay is not None and options.can_fps > 0:
                 replayer = threading.Thread(
@@ -168,18 +207,22 @@ async def simulate(
             helpers = [
                 asyncio.create_task(_drive(drive, state, gnss, options.gnss_hz), name="drive")
             ]
+            drivers = []
+            if options.drivers is not None:
+                driver = _driver(settings, drive, options.drivers, options.seed)
+                drivers.append(driver)
+                helpers.append(asyncio.create_task(driver.run(), name="driver"))
+                if on_driver is not None:
+                    on_driver(driver)
             if not options.quiet:
-                helpers.append(
-                    asyncio.create_task(
-                        _report(agent, drive, options.report_every_s, out, time.monotonic),
-                        name="report",
-                    )
-                )
+                report = _report(agent, drive, drivers, options.report_every_s, out, time.monotonic)
+                helpers.append(asyncio.create_task(report, name="report"))
             if on_agent is not None:
                 on_agent(agent)
+            handles = faults.schedule(options.failures, settings.device.id, state, relay, out)
             if options.duration_s is not None:
                 loop = asyncio.get_running_loop()
-                loop.call_later(options.duration_s, stop.set)
+                handles.append(loop.call_later(options.duration_s, stop.set))
             try:
                 await agent.run(stop)
             finally:
@@ -187,6 +230,8 @@ async def simulate(
                     task.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
     finally:
+        for handle in handles:
+            handle.cancel()
         replay_stop.set()
         if replayer is not None:
             replayer.join(timeout=2)
@@ -228,6 +273,7 @@ async def simulate_fleet(
     """Run one simulated vehicle per id in this process, each a whole agent, with one status
     line for the fleet every ``report_every_s``."""
     agents: list[Agent] = []
+    drivers: list[SimulatedDriver] = []
     quiet = SimOptions(**{**options.__dict__, "quiet": True})
     runs = []
     for i, device_id in enumerate(device_ids):
@@ -241,9 +287,12 @@ async def simulate_fleet(
             }
         )
         settings = fleet_member(base, device_id, state_dir)
-        runs.append(simulate(settings, member, out, stop, on_agent=agents.append))
+        runs.append(
+            simulate(settings, member, out, stop, on_agent=agents.append, on_driver=drivers.append)
+        )
     reporter = asyncio.create_task(
-        _report_fleet(agents, options.report_every_s, out, time.monotonic), name="report"
+        _report_fleet(agents, drivers, options.report_every_s, out, time.monotonic),
+        name="report",
     )
     try:
         results = await asyncio.gather(*runs, return_exceptions=True)
@@ -259,7 +308,11 @@ async def simulate_fleet(
 
 
 async def _report_fleet(
-    agents: list[Agent], every_s: float, out: TextIO, now: Callable[[], float]
+    agents: list[Agent],
+    drivers: list[SimulatedDriver],
+    every_s: float,
+    out: TextIO,
+    now: Callable[[], float],
 ) -> None:
     start = now()
     while True:
@@ -276,6 +329,6 @@ async def _report_fleet(
             f"[{now() - start:6.0f}s] {len(agents)} vehicles ({online} connected) | "
             f"fixes {total('gnss.fixes')} obd answers {total('obd.responses')} | "
             f"stored {total('capture.appended')} | sent {total('uplink.records_sent')} "
-            f"in {total('uplink.batches_sent')} batches\n"
+            f"in {total('uplink.batches_sent')} batches{_jobs_text(drivers)}\n"
         )
         out.flush()

@@ -81,8 +81,7 @@ class EcuState:
         """Agree with the simulated drive that also feeds the simulated GNSS receiver."""
         if self.drive_fault_after_s is not None and drive.t_s >= self.drive_fault_after_s:
             self.drive_fault_after_s = None  # once: a service 04 clear stays cleared
-            if self.drive_fault not in self.dtcs:
-                self.dtcs.append(self.drive_fault)
+            self.store_dtc(self.drive_fault)
         self.speed_kmh = drive.speed_mps * 3.6  # DriveState is in m/s, J1979 PID 0D in km/h
         self.rpm = drive.engine_rpm
         self.run_time_s = drive.t_s
@@ -90,6 +89,13 @@ class EcuState:
         self.engine_load_pct = min(90.0, 18.0 + self.speed_kmh * 0.6)
         self.throttle_pct = min(80.0, 11.0 + self.speed_kmh * 0.4)
         self.fuel_rate_lph = 0.8 + self.speed_kmh * 0.08
+
+    def store_dtc(self, code: str) -> None:
+        """Store ``code`` (SAE J2012, such as P0300) as a confirmed DTC, as a fault does. The MIL
+        lights with it: PID 01 reports the lamp on whenever a code is stored."""
+        obd.encode_dtc(code)  # raises ValueError for a code service 03 could not carry
+        if code not in self.dtcs:
+            self.dtcs.append(code)
 
     @property
     def odometer_m(self) -> float:
