@@ -18,7 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import agent_rss, assign, capture, ingest, payload, replan, solomon, stream_latency
+from bench import (
+    agent_rss,
+    assign,
+    capture,
+    dynamic,
+    ingest,
+    payload,
+    replan,
+    solomon,
+    stream_latency,
+)
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "can_capture": lambda a: asyncio.run(capture.can_capture(a.data)),
@@ -30,6 +40,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "solomon": lambda a: solomon.solomon(a.data),
     "replan": lambda a: replan.replan_latency(),
     "assign_latency": lambda a: assign.assign_latency(),
+    "dynamic": lambda a: dynamic.dynamic(a.data),
 }
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,9 @@
 """The composition root: builds the cloud service from settings and runs it until told to stop.
 
 ``serve`` runs everything one machine needs: the API (uvicorn), one ingest worker, the store ->
-bus tail that feeds WebSocket clients, command downlink, credential rotation and webhooks. With
+bus tail that feeds WebSocket clients, command downlink, credential rotation, webhooks and the
+live dispatcher (assignment, offers, ETAs, geofences, reallocation; its ``JobService`` is the
+API's, and batch plans are applied through it). With
 ``broker.embedded`` it first starts an in-process MQTT broker (amqtt, MQTT 3.1.1), so nothing
 else has to be installed. ``ingest`` runs one more ingest worker against the configured broker;
 N of them share the load through an MQTT 5 shared subscription.
@@ -14,7 +16,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +27,15 @@ from fleetlink_cloud.bus import EventBus
 from fleetlink_cloud.commands import CommandService
 from fleetlink_cloud.config import BrokerSettings, CloudSettings
 from fleetlink_cloud.credentials import BrokerPasswords, CredentialRotation
+from fleetlink_cloud.dispatch.model import RouteStop
+from fleetlink_cloud.dispatcher import Dispatcher
 from fleetlink_cloud.errors import ConfigError
 from fleetlink_cloud.ingest.consumer import MqttConsumer
 from fleetlink_cloud.ingest.pipeline import Pipeline
 from fleetlink_cloud.ingest.worker import IngestWorker
+from fleetlink_cloud.jobs import JobService
+from fleetlink_cloud.planning import Apply, Planner
+from fleetlink_cloud.replan import ApplyResult
 from fleetlink_cloud.store import open_store
 from fleetlink_cloud.store.base import Store
 from fleetlink_cloud.webhooks import WebhookDispatcher
@@ -139,10 +146,19 @@ async def _run_until(
             log.error("%s ended on its own", name)
 
 
+def _applier(dispatcher: Dispatcher) -> Apply:
+    """The planner's hook onto the live dispatcher."""
+
+    async def apply(routes: Mapping[str, Sequence[RouteStop]], reason: str) -> ApplyResult:
+        return await dispatcher.apply_plan(routes, reason=reason)
+
+    return apply
+
+
 async def serve(
     settings: CloudSettings, stop: asyncio.Event, on_ready: Callable[[Running], None] | None = None
 ) -> None:
-    """API + ingest + stream tail + downlink + webhooks until ``stop`` is set."""
+    """API + ingest + stream tail + downlink + webhooks + dispatch until ``stop`` is set."""
     from fleetlink_cloud.api.app import create_app
     from fleetlink_cloud.api.deps import ApiContext
     from fleetlink_cloud.api.tailer import StreamTailer
@@ -165,7 +181,15 @@ async def serve(
         )
         webhooks = await stack.enter_async_context(WebhookDispatcher(store, settings.webhooks))
         ctx = ApiContext(store=store, bus=bus, settings=settings.api)
-        app = create_app(ctx, commands=commands)
+        dispatcher = Dispatcher(store, commands, settings.dispatch)
+        dispatching = settings.dispatch.enabled
+        planner = Planner(
+            store,
+            apply=_applier(dispatcher) if dispatching else None,
+            routes=dispatcher.current_routes if dispatching else None,
+        )
+        jobs = dispatcher.jobs if dispatching else JobService(store)
+        app = create_app(ctx, commands=commands, jobs=jobs, planner=planner)
         api = settings.api
         server = _Server(
             uvicorn.Config(
@@ -193,6 +217,8 @@ async def serve(
             "credentials": rotation.run(bus),
             "webhooks": webhooks.run(bus),
         }
+        if dispatching:
+            work["dispatch"] = dispatcher.run(bus)
         if on_ready is not None:
             on_ready(running)  # connections wait in the listen backlog until uvicorn accepts
         try:

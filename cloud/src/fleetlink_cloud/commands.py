@@ -46,6 +46,10 @@ COMMAND_SCOPES: Final[Mapping[str, tuple[str, ...]]] = {
     # args {"password": ...}: the device keeps a new MQTT password (credentials.py starts these)
     "rotate_credentials": (),
     "reconnect": (),  # the device connects again now, offering its newest password first
+    # Job offers (docs/protocol.md, "Job offers"): the dispatcher sends these; admin may too.
+    "offer_job": (),  # args {job_id, kind, stops, respond_by, version, customer_ref?}
+    "withdraw_job": (),  # args {job_id, reason?}
+    "update_job": (),  # args {job_id, eta?, note?}
 }
 COMMAND_NAMES: Final = tuple(COMMAND_SCOPES)
 # Arguments no API response shows (they travel to the device only): name -> arg names.

@@ -18,6 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from fleetlink_cloud.dispatch.settings import DispatchSettings
 from fleetlink_cloud.errors import ConfigError
 
 
@@ -138,6 +139,7 @@ class CloudSettings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     api: ApiSettings = ApiSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    dispatch: DispatchSettings = DispatchSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -29,6 +29,7 @@ PLACEHOLDERS = {
     "job_id": "job-none",
     "depot_id": "depot-none",
     "driver_id": "driver-none",
+    "plan_id": "plan_0000000000000000",
 }
 
 

@@ -27,17 +27,25 @@ from fleetlink_cloud.api.routers import (
     drivers,
     health,
     jobs,
+    routes,
 )
 from fleetlink_cloud.api.schemas import PositionCollection
 from fleetlink_cloud.commands import CommandService
 from fleetlink_cloud.jobs import JobService
+from fleetlink_cloud.planning import Planner
 from fleetlink_cloud.store.base import SCOPES
 from fleetlink_cloud.tokens import IMPLIES
 from fleetlink_protocols.limits import MAX_PAYLOAD_BYTES
 
 API_PREFIX: Final = "/v1"
 MAX_BODY_BYTES: Final = MAX_PAYLOAD_BYTES  # a set_config or configuration body is the largest
-DISPATCH_ROUTERS: Final = (jobs.router, depots.router, drivers.router, dispatch_profiles.router)
+DISPATCH_ROUTERS: Final = (
+    jobs.router,
+    depots.router,
+    drivers.router,
+    dispatch_profiles.router,
+    routes.router,
+)
 # Models only named by ``$ref`` in alternative media types (GeoJSON), added to the components.
 EXTRA_SCHEMAS: Final = (PositionCollection,)
 
@@ -88,7 +96,11 @@ class FleetlinkApi(FastAPI):
 
 
 def create_app(
-    ctx: ApiContext, *, commands: CommandService | None = None, jobs: JobService | None = None
+    ctx: ApiContext,
+    *,
+    commands: CommandService | None = None,
+    jobs: JobService | None = None,
+    planner: Planner | None = None,
 ) -> FastAPI:
     """The API app serving ``ctx``.
 
@@ -97,6 +109,8 @@ def create_app(
     configurations wait in the store until a process with a broker link sends them.
     ``jobs`` writes job state (give it the assigner); without one, the app makes a JobService
     that assigns nothing.
+    ``planner`` makes batch plans (give it the live dispatcher's ``apply``); without one, the
+    app makes a Planner on the builtin travel model whose plans cannot be applied.
     """
     app = FleetlinkApi(
         title="fleetlink API",
@@ -110,6 +124,7 @@ def create_app(
     app.state.commands = commands or CommandService(ctx.store, None, clock=ctx.clock)
     app.state.configs = app.state.commands.configs
     app.state.jobs = jobs or JobService(ctx.store, clock=ctx.clock)
+    app.state.planner = planner or Planner(ctx.store, clock=ctx.clock)
     errors.install(app)
     document_scopes(health.router.routes)
     app.include_router(health.router)

@@ -115,6 +115,8 @@ class Reason(enum.StrEnum):
     FAULT = "fault"  # the vehicle has a critical fault (MIL, red stop lamp, listed DTC)
     NO_VEHICLES = "no_vehicles"  # the fleet has no dispatchable vehicle at all
     NOT_DISPATCHABLE = "not_dispatchable"  # the profile says never offer it work (workshop)
+    DECLINED = "declined"  # its driver rejected this job before
+    CURRENT = "current"  # the vehicle a reallocation moves the job away from
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,14 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, Self, TypeVar
 
 from fleetlink_cloud.bus import StreamEvent
-from fleetlink_cloud.dispatch.model import Depot, Driver, Job, JobState, VehicleProfile
+from fleetlink_cloud.dispatch.model import (
+    Depot,
+    Driver,
+    Job,
+    JobState,
+    RouteStop,
+    VehicleProfile,
+)
 from fleetlink_cloud.errors import StoreError
 from fleetlink_protocols.records import Entry, SignalScalar
 
@@ -492,6 +499,29 @@ class JobEventRow:
 JobStreamFor = Callable[[JobRow, JobEventRow], Sequence[StreamEvent]]
 """Called inside a job write's transaction with the stored row and event (its id assigned);
 returns the stream events to append in that same transaction. Must be pure and fast."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStop:
+    """One stop of a vehicle's stored route: the plan, and the latest ETA (Unix seconds).
+
+    ``eta`` is the expected arrival, ``early``/``late`` its range (None without speed data),
+    ``lateness_s`` how far the service start misses the stop's windows (0: on time)."""
+
+    stop: RouteStop
+    eta: int | None = None
+    early: int | None = None
+    late: int | None = None
+    lateness_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRow:
+    """A vehicle's remaining stops in service order, as the dispatcher last planned them."""
+
+    vehicle_id: str
+    stops: tuple[PlannedStop, ...]
+    updated_wall_ns: int  # cloud clock
 
 
 # -- the interface -----------------------------------------------------------------------------
@@ -997,4 +1027,19 @@ class Store(Protocol):
         self, job_id: str, *, after_id: int = 0, limit: int = 1000
     ) -> list[JobEventRow]:
         """The job's events with id > after_id, oldest first."""
+        ...
+
+    # -- dispatch: vehicle routes ------------------------------------------------------------
+
+    async def put_vehicle_route(self, route: RouteRow) -> None:
+        """Create or replace the vehicle's route (no stops: it has none). The vehicle need not
+        be registered: a route outlives a device removed while it had work."""
+        ...
+
+    async def get_vehicle_route(self, vehicle_id: str) -> RouteRow | None:
+        """None when no route was ever stored for it."""
+        ...
+
+    async def list_vehicle_routes(self) -> list[RouteRow]:
+        """Every stored route, ordered by vehicle id."""
         ...

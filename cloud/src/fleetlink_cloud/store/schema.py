@@ -347,7 +347,17 @@ CREATE TABLE job_events (
 CREATE INDEX job_events_by_job ON job_events (job_id, id);
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
+# The live dispatcher's plan: each vehicle's remaining stops in order, with the planned arrival
+# and the latest ETA and its range (JSON, read whole), so a restart resumes the same routes.
+_V4 = """
+CREATE TABLE vehicle_routes (
+    vehicle_id TEXT PRIMARY KEY,
+    stops TEXT NOT NULL,
+    updated_wall_ns {bigint} NOT NULL
+);
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
 """(number, DDL template) in order; ``{bigint}``-style names are Dialect fields."""
 
 VERSION_TABLE = (

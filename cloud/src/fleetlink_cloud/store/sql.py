@@ -15,7 +15,7 @@ from typing import Any, Self
 
 from fleetlink_cloud.bus import StreamEvent
 from fleetlink_cloud.dispatch.model import Depot, Driver, Job, JobState, VehicleProfile
-from fleetlink_cloud.store import admin, configs, jobs, presence, read, stream, write
+from fleetlink_cloud.store import admin, configs, jobs, presence, read, routes, stream, write
 from fleetlink_cloud.store.base import (
     AuditRow,
     CommandRow,
@@ -40,6 +40,7 @@ from fleetlink_cloud.store.base import (
     PositionRow,
     Presence,
     ReportedConfigRow,
+    RouteRow,
     Scope,
     SignalRow,
     StoreStats,
@@ -72,6 +73,7 @@ TABLES = (
     "vehicle_profiles",
     "jobs",
     "job_events",
+    "vehicle_routes",
 )
 
 
@@ -645,3 +647,17 @@ class SqlStore(abc.ABC):
     ) -> list[JobEventRow]:
         async with self._read() as c:
             return await jobs.job_events(c, job_id, after_id, limit)
+
+    # -- dispatch: vehicle routes ------------------------------------------------------------
+
+    async def put_vehicle_route(self, route: RouteRow) -> None:
+        async with self._write() as c:
+            await routes.put_route(c, route)
+
+    async def get_vehicle_route(self, vehicle_id: str) -> RouteRow | None:
+        async with self._read() as c:
+            return await routes.get_route(c, vehicle_id)
+
+    async def list_vehicle_routes(self) -> list[RouteRow]:
+        async with self._read() as c:
+            return await routes.list_routes(c)

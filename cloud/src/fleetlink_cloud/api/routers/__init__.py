@@ -12,6 +12,7 @@ from fleetlink_cloud.api.routers import (
     devices,
     dtcs,
     events,
+    plans,
     positions,
     signals,
     stream,
@@ -34,4 +35,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     devices.router,
     credentials.router,
     admin.router,
+    plans.router,
 )
