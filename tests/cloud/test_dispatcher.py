@@ -214,6 +214,12 @@ async def test_nobody_eligible_leaves_the_job_new_with_reasons(world: World) -> 
     assert len(world.events("job.unassigned")) == 1
 
 
+async def test_a_vehicle_without_a_profile_has_no_capacity_limit(world: World) -> None:
+    # As batch planning treats it: no stored profile means no skills and unlimited capacity.
+    row = await world.create(single(demand=(800, 3)))
+    assert (row.job.state, row.job.vehicle_id) == (JobState.OFFERED, "veh-a")
+
+
 async def test_reject_goes_to_the_next_vehicle_and_accept_assigns(world: World) -> None:
     await world.create(single())
     await world.answer("veh-a", "job-1", "reject", reason="too busy")

@@ -151,7 +151,7 @@ class DispatchFeed:
         if to == "arrived":
             return f"arrived{_at_stop(evidence)} ({_arrival_how(reason, evidence)})"
         if to == "completed":
-            return f"completed by {vehicle} ({_ANSWERED.get(reason, reason)})"
+            return f"completed by {vehicle or before} ({_ANSWERED.get(reason, reason)})"
         if to in ("failed", "cancelled"):
             where = "" if not (vehicle or before) else f" on {vehicle or before}"
             return f"{to}{where} ({reason})"

@@ -35,7 +35,12 @@ from fleetlink_cloud.answers import Answers
 from fleetlink_cloud.assigner import Assigner
 from fleetlink_cloud.bus import EventBus, StreamEvent, make_filter
 from fleetlink_cloud.commands import CommandService
-from fleetlink_cloud.dispatch.model import JobState, Location, RouteStop, VehicleProfile
+from fleetlink_cloud.dispatch.model import (
+    JobState,
+    Location,
+    RouteStop,
+    default_profile,
+)
 from fleetlink_cloud.dispatch.routing import Router, TravelModel, builtin_model, open_router
 from fleetlink_cloud.dispatch.rules import FUEL_PATHS, MIL_PATH, Firing
 from fleetlink_cloud.dispatch.settings import DispatchSettings
@@ -127,7 +132,7 @@ class Dispatcher:
         """The vehicle's live state (a vehicle first heard of gets the default profile)."""
         v = self.vehicles.get(vehicle_id)
         if v is None:
-            v = self.vehicles[vehicle_id] = VehicleLive(vehicle_id, VehicleProfile(vehicle_id))
+            v = self.vehicles[vehicle_id] = VehicleLive(vehicle_id, default_profile(vehicle_id))
         return v
 
     def end_of(self, v: VehicleLive) -> Location | None:
@@ -193,7 +198,7 @@ class Dispatcher:
         self.driver_skills = {d.id: d.skills for d in await self._store.list_drivers()}
         for device in await self._store.list_devices():
             v = self.vehicle(device.id)
-            profile = profiles.get(device.id) or VehicleProfile(device.id)
+            profile = profiles.get(device.id) or default_profile(device.id)
             if profile != v.profile or device.disabled != v.disabled:
                 v.profile, v.disabled = profile, device.disabled
                 v.changed()

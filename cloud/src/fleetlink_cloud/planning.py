@@ -45,6 +45,7 @@ from fleetlink_cloud.dispatch.model import (
     RouteStop,
     VehicleProfile,
     VehicleRoute,
+    default_profile,
     fits,
 )
 from fleetlink_cloud.dispatch.routing import Router, RouterError, RouterSettings, builtin_model
@@ -60,7 +61,6 @@ CurrentRoutes = Callable[[], Awaitable[Mapping[str, Sequence[RouteStop]]]]
 
 OPEN_STATES: Final = tuple(s for s in JobState if not s.terminal)  # new .. arrived
 APPLY_REASON: Final = "batch_plan"  # the reason code an applied plan's changes carry
-UNLIMITED: Final = 2**50  # a default profile's capacity per dimension; VROOM amounts are int64
 _NS: Final = 1_000_000_000
 _RANK: Final = {JobState.ARRIVED: 0, JobState.EN_ROUTE: 1}  # the rest follow, by creation
 
@@ -137,11 +137,6 @@ class PlanResult:
 
 
 # -- the fleet from the store (pure) -------------------------------------------------------------
-
-
-def default_profile(vehicle_id: str, dims: int) -> VehicleProfile:
-    """A vehicle without a stored profile: always on shift, no skills, no capacity limit."""
-    return VehicleProfile(vehicle_id, capacity=(UNLIMITED,) * dims)
 
 
 def _usable(state: VehicleState, now: int, offline_after_s: int) -> bool:

@@ -222,6 +222,15 @@ class VehicleProfile:
         return next((s for s in self.shifts if s.covers(t)), None)
 
 
+UNLIMITED = 2**50  # a default profile's capacity per dimension (VROOM amounts are int64)
+MAX_DIMENSIONS = 8  # capacity and demand vectors have at most this many dimensions (API limit)
+
+
+def default_profile(vehicle_id: str, dims: int = MAX_DIMENSIONS) -> VehicleProfile:
+    """A vehicle without a stored profile: always on shift, no skills, no capacity limit."""
+    return VehicleProfile(vehicle_id, capacity=(UNLIMITED,) * dims)
+
+
 @dataclass(frozen=True, slots=True)
 class Driver:
     id: str
