@@ -64,6 +64,7 @@ class EventReason(enum.StrEnum):
     DRIVER_COMPLETED = "driver_completed"
     DRIVER_FAILED = "driver_failed"
     DRIVER_DELAYED = "driver_delayed"
+    ANNOUNCED = "announced"
 
 
 class JobConflict(DispatchError):
@@ -166,6 +167,16 @@ def relocked(job: Job, vehicle_id: str | None) -> _Change:
     kind: JobEventKind = "unlocked" if vehicle_id is None else "locked"
     reason = EventReason.UNLOCKED if vehicle_id is None else EventReason.LOCKED
     return _Change(dataclasses.replace(job, locked_vehicle_id=vehicle_id), kind, reason, evidence)
+
+
+def announced(job: Job, eta: int | None) -> _Change:
+    """The job's ETA was given to the customer: re-plans keep its stop where it is."""
+    if job.state.terminal:
+        raise JobConflict(f"job {job.id!r} is {job.state.value}; there is nothing to announce")
+    if not job.state.with_vehicle:
+        raise JobConflict(f"job {job.id!r} is {job.state.value}: it is on no vehicle's route")
+    evidence = {"eta": eta, "vehicle_id": job.vehicle_id}
+    return _Change(dataclasses.replace(job, announced=True), "announced", "announced", evidence)
 
 
 def stream_events(row: JobRow, event: JobEventRow) -> list[StreamEvent]:
@@ -338,6 +349,30 @@ class JobService:
             reason_text,
         )
         return await self._assigned(written)
+
+    async def announce(
+        self,
+        job_id: str,
+        *,
+        eta: int | None = None,
+        reason_text: str = "",
+        actor_id: str | None = None,
+        expected_version: int | None = None,
+    ) -> JobRow:
+        """Record that the job's ETA (``eta``, Unix s) was told to the customer; from then on
+        re-plans keep its stop on its vehicle and in its place. Announcing again changes
+        nothing. Raises NotFound, JobConflict (finished, or on no vehicle), StaleJob."""
+        row = await self._get(job_id)
+        if row.job.announced and expected_version in (None, row.version):
+            return row
+        return await self._write(
+            job_id,
+            expected_version,
+            lambda job: announced(job, eta),
+            "dispatcher",
+            actor_id,
+            reason_text,
+        )
 
     async def answer(
         self,

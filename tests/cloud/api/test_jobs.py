@@ -296,6 +296,30 @@ async def test_a_lock_binds_the_job_to_one_vehicle(
     assert ghost.status_code == 404
 
 
+async def test_announcing_the_eta_marks_the_job_for_re_plans(
+    api: Api, client: httpx.AsyncClient, assigning: tuple[httpx.AsyncClient, OfferNearest]
+) -> None:
+    plain, (client, _) = client, assigning
+    job = await create(api, client)
+    url = f"/v1/jobs/{job['id']}/announce"
+    said = await client.post(url, json={"eta_unix_s": 1_800_000_000}, headers=api.auth("dispatch"))
+    assert said.status_code == 200, said.text
+    assert said.json()["announced"] is True
+    again = await client.post(url, headers=api.auth("dispatch"))
+    assert again.json()["version"] == said.json()["version"]  # already announced: no change
+    [last] = (await events(api, client, job["id"]))[-1:]
+    assert (last["kind"], last["reason"]) == ("announced", "announced")
+    assert last["evidence"] == {"eta": 1_800_000_000, "vehicle_id": "veh-1"}
+    row = await api.store.get_job(job["id"])
+    assert row is not None
+    assert row.job.announced
+    assert ("job.updated", job["id"], "veh-1") in await job_stream(api)
+    unrouted = await create(api, plain)  # no assigner here: it stays new
+    refused = await client.post(f"/v1/jobs/{unrouted['id']}/announce", headers=api.auth("dispatch"))
+    assert refused.status_code == 409
+    assert "on no vehicle" in refused.text
+
+
 async def test_if_match_refuses_a_stale_version(api: Api, client: httpx.AsyncClient) -> None:
     job = await create(api, client)
     url = f"/v1/jobs/{job['id']}/cancel"

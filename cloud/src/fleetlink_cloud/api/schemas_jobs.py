@@ -192,6 +192,13 @@ class LockIn(In):
     reason_text: ReasonText = ""
 
 
+class AnnounceIn(In):
+    """The ETA the customer was told (Unix s), for the record."""
+
+    eta_unix_s: UnixS | None = None
+    reason_text: ReasonText = ""
+
+
 class AnswerIn(In):
     """A driver's answer. ``delayed`` changes no state and needs ``delay_s`` and a reason."""
 

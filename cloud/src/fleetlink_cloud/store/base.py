@@ -434,7 +434,7 @@ Actor = Literal["system", "dispatcher", "driver", "rule"]
 """Who caused a job event: the service itself, a dispatcher, a vehicle's driver, a rule."""
 ACTORS: tuple[Actor, ...] = ("system", "dispatcher", "driver", "rule")
 
-JobEventKind = Literal["created", "transition", "locked", "unlocked", "delayed"]
+JobEventKind = Literal["created", "transition", "locked", "unlocked", "delayed", "announced"]
 """``created`` and ``transition`` change the state; the others record a change beside it."""
 JOB_EVENT_KINDS: tuple[JobEventKind, ...] = (
     "created",
@@ -442,6 +442,7 @@ JOB_EVENT_KINDS: tuple[JobEventKind, ...] = (
     "locked",
     "unlocked",
     "delayed",
+    "announced",
 )
 
 

@@ -21,6 +21,7 @@ from fleetlink_cloud.api.errors import error_responses
 from fleetlink_cloud.api.params import MAX_CURSOR_LEN, AfterId, Limit, clamp
 from fleetlink_cloud.api.schemas_jobs import (
     JOB_ID_PATTERN,
+    AnnounceIn,
     AnswerIn,
     CancelIn,
     JobEventList,
@@ -246,6 +247,31 @@ async def unlock_job(
             job_id, None, actor_id=principal.token_id, expected_version=if_match_version(if_match)
         )
     request.state.audit_detail = f"job {job_id} unlocked"
+    return _answer(row, response)
+
+
+@router.post("/jobs/{job_id}/announce", responses=_CHANGE_ERRORS)
+async def announce_job(
+    principal: Dispatcher,
+    job_id: JobId,
+    request: Request,
+    response: Response,
+    jobs: Jobs,
+    body: Annotated[AnnounceIn | None, Body()] = None,
+    if_match: IfMatch = None,
+) -> JobOut:
+    """Record that the job's ETA was given to the customer: re-plans then keep its stop on its
+    vehicle and in its place (409 when the job is on no vehicle or finished)."""
+    given = body or AnnounceIn()
+    with dispatch_errors():
+        row = await jobs.announce(
+            job_id,
+            eta=given.eta_unix_s,
+            reason_text=given.reason_text,
+            actor_id=principal.token_id,
+            expected_version=if_match_version(if_match),
+        )
+    request.state.audit_detail = f"job {job_id} announced"
     return _answer(row, response)
 
 
