@@ -28,6 +28,7 @@ from fleetlink_cloud.commands import CommandService
 from fleetlink_cloud.config import BrokerSettings, CloudSettings
 from fleetlink_cloud.credentials import BrokerPasswords, CredentialRotation
 from fleetlink_cloud.dispatch.model import RouteStop
+from fleetlink_cloud.dispatch.routing import builtin_model
 from fleetlink_cloud.dispatcher import Dispatcher
 from fleetlink_cloud.errors import ConfigError
 from fleetlink_cloud.ingest.consumer import MqttConsumer
@@ -185,6 +186,8 @@ async def serve(
         dispatching = settings.dispatch.enabled
         planner = Planner(
             store,
+            settings=settings.dispatch.planning,
+            router=builtin_model(settings.dispatch.router),
             apply=_applier(dispatcher) if dispatching else None,
             routes=dispatcher.current_routes if dispatching else None,
         )

@@ -20,9 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, Final, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Final, Literal
 
 from fleetlink_cloud.dispatch.churn import ChurnLimitBroken
 from fleetlink_cloud.dispatch.fleet_plan import (
@@ -50,6 +48,7 @@ from fleetlink_cloud.dispatch.model import (
 )
 from fleetlink_cloud.dispatch.routing import Router, RouterError, RouterSettings, builtin_model
 from fleetlink_cloud.dispatch.routing.greatcircle import GreatCircleModel
+from fleetlink_cloud.dispatch.settings import PlanSettings
 from fleetlink_cloud.errors import NotFound
 from fleetlink_cloud.store.base import Store, VehicleState
 
@@ -75,20 +74,6 @@ class PlansCannotBeApplied(PlanningError):
 
 class PlanFailed(PlanningError):
     """The router or the solver failed (an API maps it to 503)."""
-
-
-class PlanSettings(BaseModel):
-    """How batch plans search, how much they may move, and what they remember."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    time_limit_s: Annotated[float, Field(gt=0)] = 2.0  # per plan, over all its solves
-    max_time_limit_s: Annotated[float, Field(gt=0)] = 30.0  # the most a request may ask for
-    exploration_level: Annotated[int, Field(ge=1, le=5)] = 2  # VROOM's: 1 fast .. 5 thorough
-    churn_limit: Annotated[int, Field(ge=0)] | None = 10  # jobs that may change vehicle; None: any
-    threads: Annotated[int, Field(ge=1)] = 1
-    offline_after_s: Annotated[int, Field(ge=0)] = 900  # silent longer: no new work
-    keep: Annotated[int, Field(ge=0)] = 20  # recent plans kept for reading back
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,9 @@
 
 ``[dispatch]`` in the cloud TOML; the sub-sections are the pieces' own models
 (``[dispatch.router]``, ``[dispatch.speeds]``, ``[dispatch.assign]``, ``[dispatch.geofence]``,
-``[dispatch.rules]``). ``offer_timeout_s`` is what the driver is asked (the offer's
-``respond_by``); ``[dispatch.rules.offer] offer_timeout_s`` is when an unanswered offer moves on.
+``[dispatch.rules]``) and the batch planner's (``[dispatch.planning]``). ``offer_timeout_s`` is
+what the driver is asked (the offer's ``respond_by``); ``[dispatch.rules.offer]
+offer_timeout_s`` is when an unanswered offer moves on.
 """
 
 from __future__ import annotations
@@ -19,6 +20,20 @@ from fleetlink_cloud.dispatch.rules import RuleSettings
 from fleetlink_cloud.dispatch.speeds import SpeedSettings
 
 _Seconds = Annotated[float, Field(gt=0)]
+
+
+class PlanSettings(BaseModel):
+    """How batch plans search, how much they may move, and what they remember."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time_limit_s: Annotated[float, Field(gt=0)] = 2.0  # per plan, over all its solves
+    max_time_limit_s: Annotated[float, Field(gt=0)] = 30.0  # the most a request may ask for
+    exploration_level: Annotated[int, Field(ge=1, le=5)] = 2  # VROOM's: 1 fast .. 5 thorough
+    churn_limit: Annotated[int, Field(ge=0)] | None = 10  # jobs that may change vehicle; None: any
+    threads: Annotated[int, Field(ge=1)] = 1
+    offline_after_s: Annotated[int, Field(ge=0)] = 900  # silent longer: no new work
+    keep: Annotated[int, Field(ge=0)] = 20  # recent plans kept for reading back
 
 
 class DispatchSettings(BaseModel):
@@ -43,3 +58,4 @@ class DispatchSettings(BaseModel):
     assign: AssignSettings = AssignSettings()
     geofence: GeofenceSettings = GeofenceSettings()
     rules: RuleSettings = RuleSettings()
+    planning: PlanSettings = PlanSettings()  # batch plans (POST /v1/plans)
