@@ -225,6 +225,18 @@ async def test_an_offline_vehicles_jobs_move_whatever_the_limit(store: Store) ->
     assert "stranded" in result.plan.assignment()
 
 
+async def test_a_faulted_vehicle_gets_no_work_and_its_jobs_move(store: Store) -> None:
+    # As the fault rule does live: a critical fault takes the vehicle out of the plan.
+    await add(store, job("bulky", "alexanderplatz", demand=(50,)))  # only vc can carry it
+    await add(store, job("mine", "moabit"), "vc")
+    result = await planner(store, faulted=lambda: {"vc"}).plan(PlanRequest(churn_limit=None))
+    assert "bulky" in [u.job_id for u in result.unassigned]
+    assert "bulky" not in on(result, "vc")
+    assert result.plan.churn.forced == ("mine",)
+    healthy = await planner(store).plan(PlanRequest(churn_limit=None))
+    assert "bulky" in on(healthy, "vc")
+
+
 async def test_unassigned_jobs_are_reported_with_a_reason(store: Store) -> None:
     await add(store, job("crane", "moabit", skills=frozenset({"crane"})))
     await add(store, job("missed", "moabit", window=(NOW - 2 * H, NOW - H)))

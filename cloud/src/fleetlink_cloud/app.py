@@ -190,6 +190,7 @@ async def serve(
             router=builtin_model(settings.dispatch.router),
             apply=_applier(dispatcher) if dispatching else None,
             routes=dispatcher.current_routes if dispatching else None,
+            faulted=dispatcher.faulted_vehicles if dispatching else None,
         )
         jobs = dispatcher.jobs if dispatching else JobService(store)
         app = create_app(ctx, commands=commands, jobs=jobs, planner=planner)

@@ -47,7 +47,15 @@ from fleetlink_cloud.dispatch.settings import DispatchSettings
 from fleetlink_cloud.dispatch.speeds import SpeedLearner
 from fleetlink_cloud.errors import CloudError
 from fleetlink_cloud.jobs import JobService
-from fleetlink_cloud.live.fleet import NS, JobLive, VehicleLive, reconcile, snapshot, without_job
+from fleetlink_cloud.live.fleet import (
+    NS,
+    JobLive,
+    VehicleLive,
+    faulted,
+    reconcile,
+    snapshot,
+    without_job,
+)
 from fleetlink_cloud.reallocation import Moved, Reallocation
 from fleetlink_cloud.replan import ApplyResult, Replan
 from fleetlink_cloud.store.base import JobRow, RouteRow, Store
@@ -431,6 +439,11 @@ class Dispatcher:
             return Moved(new)
 
     # -- batch plans ---------------------------------------------------------------------------
+
+    def faulted_vehicles(self) -> frozenset[str]:
+        """The vehicles the fault rule holds for now: batch plans give them no new work."""
+        fault = self.settings.rules.fault
+        return frozenset(v.id for v in self.vehicles.values() if faulted(v.snapshot(), fault))
 
     async def current_routes(self) -> dict[str, tuple[RouteStop, ...]]:
         """Every vehicle's remaining stops in order (those with any), for re-plans."""

@@ -19,6 +19,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal
 
@@ -167,9 +168,12 @@ def build_fleet(
     current: Mapping[str, Sequence[RouteStop]],
     settings: PlanSettings,
     only: Iterable[str] | None = None,
+    faulted: AbstractSet[str] = frozenset(),
 ) -> Fleet:
-    """The fleet to plan at ``now`` (Unix s); ``only`` limits it to those vehicles. Raises
-    NotFound for a vehicle in ``only`` that is not registered and enabled."""
+    """The fleet to plan at ``now`` (Unix s); ``only`` limits it to those vehicles; ``faulted``
+    vehicles (a critical fault) take no work: their jobs move (``forced``), as the fault rule
+    moves them live. Raises NotFound
+    for a vehicle in ``only`` that is not registered and enabled."""
     enabled = {s.device.id: s for s in states if not s.device.disabled}
     chosen = sorted(enabled) if only is None else sorted(set(only))
     missing = [v for v in chosen if v not in enabled]
@@ -186,6 +190,8 @@ def build_fleet(
         started |= begun
         depot = next((d for d in depots if d.id == profile.depot_id), None)
         vehicle = _vehicle(now, enabled[vid], profile, depot, stops, settings.offline_after_s)
+        if vid in faulted:
+            vehicle = replace(vehicle, profile=replace(vehicle.profile, dispatchable=False))
         driver = drivers.get(profile.driver_id) if profile.driver_id else None
         vehicles.append(replace(vehicle, driver=driver))
     locations = [d.location for d in depots]
@@ -296,6 +302,7 @@ class Planner:
         router: Router | None = None,
         apply: Apply | None = None,
         routes: CurrentRoutes | None = None,
+        faulted: Callable[[], AbstractSet[str]] | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self._store = store
@@ -303,6 +310,7 @@ class Planner:
         self._router: Router = router or builtin_model(RouterSettings())
         self._apply = apply
         self._routes = routes
+        self._faulted = faulted  # the live dispatcher's vehicles with a critical fault
         self._clock = clock
         self._lock = asyncio.Lock()
         self._recent: OrderedDict[str, PlanResult] = OrderedDict()
@@ -365,8 +373,9 @@ class Planner:
         drivers = {d.id: d for d in await store.list_drivers()}
         current = await self._routes() if self._routes is not None else {}
         states, depots = await store.vehicles(), await store.list_depots()
+        faulted = self._faulted() if self._faulted is not None else frozenset()
         return build_fleet(
-            now, states, profiles, drivers, depots, jobs, current, self.settings, only
+            now, states, profiles, drivers, depots, jobs, current, self.settings, only, faulted
         )
 
     async def _fetch(self, fleet: Fleet) -> Matrix:
