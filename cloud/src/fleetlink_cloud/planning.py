@@ -172,8 +172,8 @@ def build_fleet(
 ) -> Fleet:
     """The fleet to plan at ``now`` (Unix s); ``only`` limits it to those vehicles; ``faulted``
     vehicles (a critical fault) take no work: their jobs move (``forced``), as the fault rule
-    moves them live. Raises NotFound
-    for a vehicle in ``only`` that is not registered and enabled."""
+    moves them live. Raises NotFound for a vehicle in ``only`` that is not registered and
+    enabled."""
     enabled = {s.device.id: s for s in states if not s.device.disabled}
     chosen = sorted(enabled) if only is None else sorted(set(only))
     missing = [v for v in chosen if v not in enabled]
