@@ -10,7 +10,7 @@ the caller fetches it. The feed also counts jobs by state for the summary line.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any, Final
@@ -36,6 +36,7 @@ STATE_ORDER: Final = (
     "failed",
     "cancelled",
 )
+_AT_OR_PAST_STOP: Final = frozenset({"arrived", "completed", "failed", "cancelled"})
 _ASSIGNER_REASON: Final = "instant_assignment"  # the everyday one goes unsaid
 _OFFLINE_REASONS: Final = {"timeout": "no data", "death": "last will"}
 _ANSWERED: Final = {
@@ -46,6 +47,7 @@ _ANSWERED: Final = {
 }
 
 Event = Mapping[str, Any]
+Clock = Callable[[object], str]  # Unix seconds -> "12:41"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +171,8 @@ class DispatchFeed:
         if not isinstance(delta, int | float):
             return None
         stop = data.get("stop")
+        if stop != "delivery" and self.states.get(job) in _AT_OR_PAST_STOP:
+            return None  # the vehicle is there (or done): its ETA is no news
         which = f" {stop}" if stop in ("pickup", "delivery") else ""
         late = data.get("lateness_s")
         tail = f", {_minutes(late)} late" if isinstance(late, int | float) and late > 0 else ""
@@ -210,7 +214,7 @@ def _tally(reasons: object) -> str:
     return ", ".join(f"{r.get('reason')} {r.get('vehicles')}" for r in items) or "no reason given"
 
 
-def _job_text(job: Mapping[str, Any] | None, clock: Any) -> str:
+def _job_text(job: Mapping[str, Any] | None, clock: Clock) -> str:
     """``: pickup 12:50-13:30, delivery 13:20-14:05, 4 min, demand 2, needs refrigerated``."""
     if job is None:
         return ""
@@ -252,7 +256,7 @@ def _offer_text(reason: str, evidence: Mapping[str, Any], job: Mapping[str, Any]
     return ", ".join(parts) or reason
 
 
-def _eta_text(job_id: str, looked: Looked, clock: Any) -> str:
+def _eta_text(job_id: str, looked: Looked, clock: Clock) -> str:
     """``, ETA 12:41 (12:38-12:46)`` of the job's next stop: from the vehicle's stored route,
     else from the assigner's explanation (empty when neither has it)."""
     found: list[tuple[str, object, object, object]] = []  # kind, eta, early, late
