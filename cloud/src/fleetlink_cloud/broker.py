@@ -20,6 +20,29 @@ log = logging.getLogger(__name__)
 _NOISY_LOGGERS = ("amqtt", "transitions")
 
 
+class _SnapshotDict(dict[Any, Any]):
+    """A dict whose Python-level iteration walks a copy of its keys or items.
+
+    amqtt 0.11 iterates ``Broker._subscriptions`` across ``await`` points (retained messages for
+    a connecting client) and deletes from it while iterating (unsubscribe), so ten agents
+    connecting at once kill connection handlers with "dictionary changed size during
+    iteration"; the clients then reconnect with a take-over. Iterating a snapshot is what the
+    code means in both places.
+    """
+
+    def __iter__(self) -> Any:
+        return iter(list(super().keys()))
+
+    def keys(self) -> Any:
+        return list(super().keys())
+
+    def items(self) -> Any:
+        return list(super().items())
+
+    def values(self) -> Any:
+        return list(super().values())
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -57,6 +80,9 @@ class EmbeddedBroker:
         if self.port == 0:
             self.port = free_port(self.host)
         self._broker = Broker(broker_config(self.host, self.port))
+        subscriptions = getattr(self._broker, "_subscriptions", None)
+        if isinstance(subscriptions, dict):
+            self._broker._subscriptions = _SnapshotDict(subscriptions)
         try:
             await self._broker.start()
         except Exception as exc:  # amqtt raises its own BrokerError or an OSError from bind
