@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, Literal
 
 from fleetlink_edge.config import EdgeSettings
 from fleetlink_edge.errors import ConfigError
+from fleetlink_edge.statefile import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -204,26 +204,8 @@ class CredentialFile:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write ``text`` as ``path``, mode 0600 from the first byte: temporary file, fsync, rename
-    over, fsync the folder. After a power cut the file is the old one or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)  # left by a crash; O_EXCL below must not meet it
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """Write ``text`` as ``path``, mode 0600 from the first byte, replaced atomically."""
+    write_atomically(path, text, mode=0o600)
 
 
 def describe_connection(attempt: Attempt, kept: Kept) -> str:

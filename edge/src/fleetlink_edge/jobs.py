@@ -44,6 +44,7 @@ from fleetlink_edge.offers import (
     parse_update,
     parse_withdrawal,
 )
+from fleetlink_edge.statefile import write_atomically
 from fleetlink_protocols.records import Event
 
 log = logging.getLogger(__name__)
@@ -201,23 +202,7 @@ class JobBoard:
     async def _keep(self, jobs: Jobs) -> None:
         text = json.dumps(to_document(jobs), separators=(",", ":"))
         try:
-            await asyncio.to_thread(_write_atomically, self._path, text)
+            await asyncio.to_thread(write_atomically, self._path, text)
         except OSError as exc:
             self.counters["persist_failures"] += 1
             raise JobNotStored(f"cannot keep the job board in {self._path}: {exc}") from exc
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write, fsync, rename over, fsync the folder: after a power cut, the old or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)

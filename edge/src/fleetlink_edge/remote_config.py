@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from pydantic import BaseModel
 from fleetlink_edge.config import EdgeSettings, with_changes
 from fleetlink_edge.errors import ConfigError
 from fleetlink_edge.signal_lists import RULES
+from fleetlink_edge.statefile import write_atomically
 from fleetlink_protocols.limits import MAX_TEXT_LEN
 from fleetlink_protocols.messages import ConfigDocument, ReportedConfig
 
@@ -186,22 +186,6 @@ def _read(path: Path) -> Any:
         return None
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write, fsync, rename over, fsync the folder: after a power cut, the old or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 async def restore(local: EdgeSettings, path: Path) -> Restored:
     """The document applied last time, merged over ``local``. A missing file means none; an
     unreadable one, or one this agent no longer accepts, is logged and ignored (refused)."""
@@ -337,7 +321,7 @@ class RemoteConfig:
             return self._last  # set_config of the version dn/config brought already
         kept = json.dumps({"version": version, "document": document})
         try:
-            await asyncio.to_thread(_write_atomically, self._path, kept)
+            await asyncio.to_thread(write_atomically, self._path, kept)
         except OSError as exc:
             self.counters["persist_failures"] += 1
             refused = ConfigRefused(version, f"cannot keep it in {self._path}: {exc}")
