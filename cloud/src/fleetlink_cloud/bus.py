@@ -8,10 +8,16 @@ that falls behind loses the oldest events, counted, and never slows ingest down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable, Mapping
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from fleetlink_cloud.errors import CloudError
+
+log = logging.getLogger(__name__)
 
 # Event types a backend can filter on (WebSocket ``types=``, webhook subscriptions).
 EVENT_TYPES: tuple[str, ...] = (
@@ -125,3 +131,44 @@ class EventBus:
     @property
     def subscribers(self) -> int:
         return len(self._subs)
+
+
+async def follow(
+    bus: EventBus | None,
+    types: set[str],
+    on_event: Callable[[StreamEvent], Awaitable[object]],
+    sweep: Callable[[], Awaitable[object]],
+    interval_s: float,
+    *,
+    what: str,
+) -> None:
+    """Run ``on_event`` for every event of ``types`` on ``bus`` and ``sweep`` every
+    ``interval_s``, until cancelled. A CloudError (the store or broker is down) is logged as
+    ``what`` and never ends the loop: the next event or sweep tries again."""
+
+    async def guarded(work: Awaitable[object]) -> None:
+        try:
+            await work
+        except CloudError as exc:
+            log.warning("%s: %s", what, exc)
+
+    async def sweep_forever() -> None:
+        while True:
+            await guarded(sweep())
+            await asyncio.sleep(interval_s)
+
+    sweeper = asyncio.create_task(sweep_forever(), name=f"{what} sweep")
+    try:
+        if bus is None:
+            await sweeper
+            return
+        key, sub = bus.subscribe(make_filter(None, types), maxsize=10_000)
+        try:
+            async for event in sub:
+                await guarded(on_event(event))
+        finally:
+            bus.unsubscribe(key)
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper

@@ -18,17 +18,16 @@ processes); the device acts on a command id once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from fleetlink_cloud.bus import EventBus, StreamEvent, make_filter
+from fleetlink_cloud.bus import EventBus, StreamEvent, follow
 from fleetlink_cloud.configs import ConfigService, InvalidConfig, Publisher, check_document
 from fleetlink_cloud.errors import BrokerError, CloudError
 from fleetlink_cloud.store.base import CommandRow, Store
@@ -268,30 +267,11 @@ class CommandService:
 
     async def run(self, bus: EventBus | None = None) -> None:
         """Send on births (from ``bus``) and sweep periodically, until cancelled."""
-        sweeper = asyncio.create_task(self._sweep_forever(), name="commands-sweep")
-        try:
-            if bus is None:
-                await sweeper
-                return
-            key, sub = bus.subscribe(make_filter(None, {"vehicle.online"}), maxsize=10_000)
-            try:
-                async for event in sub:
-                    await self._guarded(self.on_event(event))
-            finally:
-                bus.unsubscribe(key)
-        finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await self._guarded(self.sweep())
-            await asyncio.sleep(self._sweep_interval_s)
-
-    async def _guarded(self, work: Awaitable[object]) -> None:
-        """Run one unit of work; a store or broker failure is logged, never ends the loop."""
-        try:
-            await work
-        except CloudError as exc:
-            log.warning("command delivery: %s", exc)
+        await follow(
+            bus,
+            {"vehicle.online"},
+            self.on_event,
+            self.sweep,
+            self._sweep_interval_s,
+            what="command delivery",
+        )

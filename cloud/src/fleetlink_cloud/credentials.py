@@ -21,20 +21,19 @@ Each outcome is an audit row (actor ``rotation``) and is kept in the command's a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from fleetlink_cloud.bus import EventBus, StreamEvent, make_filter
+from fleetlink_cloud.bus import EventBus, StreamEvent, follow
 from fleetlink_cloud.commands import REMOVED, CommandService, command_id_for
 from fleetlink_cloud.config import BrokerSettings
-from fleetlink_cloud.errors import BrokerError, CloudError
+from fleetlink_cloud.errors import BrokerError
 from fleetlink_cloud.registry import (
     generate_password,
     merge_passwd_line,
@@ -331,32 +330,14 @@ class CredentialRotation:
 
     async def run(self, bus: EventBus | None = None) -> None:
         """Finish rotations on acks (from ``bus``) and in a periodic sweep, until cancelled."""
-        sweeper = asyncio.create_task(self._sweep_forever(), name="rotation-sweep")
-        try:
-            if bus is None:
-                await sweeper
-                return
-            key, sub = bus.subscribe(make_filter(None, {"command.acked"}), maxsize=10_000)
-            try:
-                async for event in sub:
-                    await self._guarded(self.on_event(event))
-            finally:
-                bus.unsubscribe(key)
-        finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await self._guarded(self.sweep())
-            await asyncio.sleep(self._sweep_interval_s)
-
-    async def _guarded(self, work: Awaitable[object]) -> None:
-        try:
-            await work
-        except CloudError as exc:  # the store or broker is down: the next sweep tries again
-            log.warning("credential rotation: %s", exc)
+        await follow(
+            bus,
+            {"command.acked"},
+            self.on_event,
+            self.sweep,
+            self._sweep_interval_s,
+            what="credential rotation",
+        )
 
 
 @dataclass(frozen=True, slots=True)
