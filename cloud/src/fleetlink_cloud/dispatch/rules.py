@@ -257,7 +257,8 @@ def lateness_s(windows: Iterable[TimeWindow], start: int) -> int:
     return start - max(w.end for w in ws)
 
 
-def _fault(v: VehicleSnapshot, s: FaultSettings) -> Evidence | None:
+def fault_evidence(v: VehicleSnapshot, s: FaultSettings) -> Evidence | None:
+    """The evidence of a critical fault on ``v`` under ``s`` (its ``enabled`` aside), or None."""
     lamps = [(d, Lamps(d.lamps)) for d in v.dtcs if d.lamps is not None]
     mil = v.mil_on is True or any(lp.mil is LampState.ON for _, lp in lamps)
     red = sorted({d.code for d, lp in lamps if lp.red_stop is LampState.ON})
@@ -335,7 +336,7 @@ def _detect(
     """Every enabled rule that applies to the job, in :data:`RULE_ORDER`."""
     found: list[tuple[Rule, Evidence | None]] = []
     if v is not None and s.fault.enabled:
-        found.append((Rule.FAULT, _fault(v, s.fault)))
+        found.append((Rule.FAULT, fault_evidence(v, s.fault)))
     if s.offline.enabled:
         found.append((Rule.OFFLINE, _offline(v, now, s.offline)))
     if v is not None and s.shift_end.enabled:

@@ -24,7 +24,6 @@ from fleetlink_cloud.dispatch.model import (
     JobState,
     Location,
     RouteStop,
-    Stop,
     StopKind,
     VehicleProfile,
     VehicleRoute,
@@ -32,16 +31,10 @@ from fleetlink_cloud.dispatch.model import (
 from fleetlink_cloud.dispatch.rules import (
     FaultSettings,
     JobSnapshot,
-    LateSettings,
-    LowFuelSettings,
-    OfferSettings,
-    OfflineSettings,
-    Rule,
     RuleSettings,
-    ShiftEndSettings,
     Snapshot,
     VehicleSnapshot,
-    evaluate,
+    fault_evidence,
 )
 from fleetlink_cloud.dispatch.slack import Candidate, Prepared
 from fleetlink_cloud.store.base import DtcState, JobEventRow, PlannedStop
@@ -204,20 +197,7 @@ def reconcile(stops: Sequence[RouteStop], job: Job, arrival_s: int) -> list[Rout
 
 def faulted(vehicle: VehicleSnapshot, settings: FaultSettings) -> bool:
     """Whether the fault rule holds for the vehicle (a critical fault: keep new work off it)."""
-    if not settings.enabled:
-        return False
-    probe = Job("fault-probe", Stop(Location(0.0, 0.0)), state=JobState.ASSIGNED)
-    probe = replace(probe, vehicle_id=vehicle.id)
-    only_fault = RuleSettings(
-        fault=settings,
-        offline=OfflineSettings(enabled=False),
-        shift_end=ShiftEndSettings(enabled=False),
-        late=LateSettings(enabled=False),
-        low_fuel=LowFuelSettings(enabled=False),
-        offer=OfferSettings(enabled=False),
-    )
-    firings = evaluate(Snapshot(0, (vehicle,), (JobSnapshot(probe),)), only_fault)
-    return any(f.rule is Rule.FAULT for f in firings)
+    return settings.enabled and fault_evidence(vehicle, settings) is not None
 
 
 def job_snapshot(live: JobLive, vehicle: VehicleLive | None) -> JobSnapshot:
