@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 
 from fleetlink_cloud.dispatch.model import (
-    Depot,
     Job,
     JobState,
-    Location,
     Reason,
     RouteStop,
     Shift,
@@ -37,28 +35,13 @@ from fleetlink_cloud.planning import (
 from fleetlink_cloud.store import IngestBatch, Store, open_store
 from fleetlink_cloud.store.base import JobEventRow
 from fleetlink_protocols.records import Entry, FixMode, Position
+from tests.cloud.dispatch.berlin import EAST, PLACES, WEST
 
 S = 1_000_000_000
 NOW = 1_772_442_000  # 2026-03-02 09:00 UTC
 NOW_NS = NOW * S
 H = 3600
 SHIFT = Shift(NOW - H, NOW + 10 * H)
-PLACES = {
-    "charlottenburg": Location(52.5163, 13.3041),
-    "lichtenberg": Location(52.5155, 13.4990),
-    "spandau": Location(52.5357, 13.1987),
-    "westend": Location(52.5180, 13.2680),
-    "wilmersdorf": Location(52.4870, 13.3190),
-    "moabit": Location(52.5300, 13.3420),
-    "alexanderplatz": Location(52.5219, 13.4132),
-    "friedrichshain": Location(52.5120, 13.4540),
-    "karlshorst": Location(52.4810, 13.5270),
-    "marzahn": Location(52.5440, 13.5640),
-    "kreuzberg": Location(52.4990, 13.4030),
-    "tempelhof": Location(52.4700, 13.3850),
-}
-WEST = Depot("west", PLACES["charlottenburg"], "Charlottenburg")
-EAST = Depot("east", PLACES["lichtenberg"], "Lichtenberg")
 # va: fridge, 10 units, at Westend; vb: 4 units, at Friedrichshain; vc: no profile (defaults),
 # at Kreuzberg; vd: 10 units, offline for two hours.
 FLEET = {"va": "westend", "vb": "friedrichshain", "vc": "kreuzberg", "vd": "tempelhof"}

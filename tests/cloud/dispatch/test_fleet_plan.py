@@ -34,28 +34,12 @@ from fleetlink_cloud.dispatch.model import (
     VehicleRoute,
 )
 from fleetlink_cloud.dispatch.vroom_solver import plan_fleet, time_route
+from tests.cloud.dispatch.berlin import EAST, PLACES, WEST
 
 T0 = 1_772_434_800  # 2026-03-02 07:00 UTC
 SPEED_MPS = 8.0  # urban average, about 29 km/h
 DETOUR = 1.3  # road distance over great-circle distance
 SHIFT = Shift(T0 - 3600, T0 + 10 * 3600)
-
-PLACES = {
-    "charlottenburg": Location(52.5163, 13.3041),
-    "lichtenberg": Location(52.5155, 13.4990),
-    "spandau": Location(52.5357, 13.1987),
-    "westend": Location(52.5180, 13.2680),
-    "wilmersdorf": Location(52.4870, 13.3190),
-    "moabit": Location(52.5300, 13.3420),
-    "alexanderplatz": Location(52.5219, 13.4132),
-    "friedrichshain": Location(52.5120, 13.4540),
-    "karlshorst": Location(52.4810, 13.5270),
-    "marzahn": Location(52.5440, 13.5640),
-    "kreuzberg": Location(52.4990, 13.4030),
-    "tempelhof": Location(52.4700, 13.3850),
-}
-WEST = Depot("west", PLACES["charlottenburg"], "Charlottenburg")
-EAST = Depot("east", PLACES["lichtenberg"], "Lichtenberg")
 
 
 def distance_m(a: Location, b: Location) -> int:
